@@ -1,0 +1,31 @@
+# flatnet: `make demo` and `make test` install what they need, then run.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: deps system-deps demo test test-unit lab-down clean
+
+deps: system-deps $(STAMP)
+
+system-deps:
+	./scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: deps
+	$(VENV)/bin/flatnet demo
+
+test: deps
+	$(VENV)/bin/python -m pytest
+
+test-unit: deps
+	$(VENV)/bin/python -m pytest -m "not root and not lab"
+
+lab-down: deps
+	$(VENV)/bin/flatnet lab down
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,116 @@
+"""The flatnet network config (the plugin's object in the conflist) and its validation.
+
+Every rule names the key, the value it got and what would be valid, as a CNI
+error with code 7 (invalid network config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from flatnet.cni.spec import INVALID_NETWORK_CONFIG, CniError
+
+DEFAULT_DATA_DIR = "/var/lib/flatnet"
+DEFAULT_BRIDGE = "flatnet0"
+# Nebula's default tun MTU: container traffic crosses the overlay unfragmented.
+DEFAULT_MTU = 1300
+FIRST_CONTAINER_HOST = 10
+_IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetConf:
+    """A validated flatnet network config."""
+
+    name: str
+    host_id: int
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+    range_start: ipaddress.IPv4Address
+    range_end: ipaddress.IPv4Address
+    registry_endpoints: tuple[str, ...]
+    data_dir: Path
+    bridge: str
+    mtu: int
+    capabilities: dict[str, bool]
+
+
+def _invalid(key: str, value: Any, rule: str) -> CniError:
+    return CniError(INVALID_NETWORK_CONFIG, f"invalid network config: {key} {value!r}: {rule}")
+
+
+def load_netconf(raw: dict[str, Any]) -> NetConf:
+    """Validate the plugin config ``raw`` and return it as a NetConf."""
+    host_id = raw.get("hostId")
+    if not isinstance(host_id, int) or isinstance(host_id, bool) or not 1 <= host_id <= 254:
+        raise _invalid("hostId", host_id, "must be an integer from 1 to 254, unique in the fleet")
+
+    expected_range = f"10.100.{host_id}.0/24"
+    ip_range = raw.get("ipRange", expected_range)
+    if ip_range != expected_range:
+        raise CniError(
+            INVALID_NETWORK_CONFIG,
+            f"invalid network config: ipRange {ip_range!r} does not match hostId {host_id}",
+            f"host {host_id} owns {expected_range}; set ipRange to {expected_range!r} or fix hostId",
+        )
+    subnet = ipaddress.IPv4Network(expected_range)
+
+    gateway = _address_in(raw, "gateway", str(subnet.network_address + 1), subnet)
+    range_start = _address_in(raw, "rangeStart", str(subnet.network_address + FIRST_CONTAINER_HOST), subnet)
+    range_end = _address_in(raw, "rangeEnd", str(subnet.broadcast_address - 1), subnet)
+    if range_start > range_end:
+        raise _invalid("rangeStart", str(range_start), f"must not be above rangeEnd {range_end}")
+
+    endpoints = raw.get("registryEndpoints", [])
+    if not isinstance(endpoints, list) or not all(isinstance(url, str) for url in endpoints):
+        raise _invalid("registryEndpoints", endpoints, "must be a list of gateway URLs like 'http://10.100.0.1:8080'")
+    for url in endpoints:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise _invalid("registryEndpoints", url, "each entry must be an http:// URL with a host, like 'http://10.100.0.1:8080'")
+
+    data_dir = raw.get("dataDir", DEFAULT_DATA_DIR)
+    if not isinstance(data_dir, str) or not data_dir.startswith("/"):
+        raise _invalid("dataDir", data_dir, "must be an absolute directory path")
+
+    bridge = raw.get("bridge", DEFAULT_BRIDGE)
+    if not isinstance(bridge, str) or not _IFNAME.match(bridge):
+        raise _invalid("bridge", bridge, "must be an interface name of 1 to 15 letters, digits, '_', '.' or '-'")
+
+    mtu = raw.get("mtu", DEFAULT_MTU)
+    if not isinstance(mtu, int) or isinstance(mtu, bool) or not 576 <= mtu <= 9000:
+        raise _invalid("mtu", mtu, "must be an integer from 576 to 9000 (Nebula's tun MTU, 1300 by default)")
+
+    capabilities = raw.get("capabilities", {})
+    if not isinstance(capabilities, dict):
+        raise _invalid("capabilities", capabilities, "must be an object of capability names to booleans")
+
+    return NetConf(
+        name=str(raw.get("name", "flatnet")),
+        host_id=host_id,
+        subnet=subnet,
+        gateway=gateway,
+        range_start=range_start,
+        range_end=range_end,
+        registry_endpoints=tuple(endpoints),
+        data_dir=Path(data_dir),
+        bridge=bridge,
+        mtu=mtu,
+        capabilities=capabilities,
+    )
+
+
+def _address_in(raw: dict[str, Any], key: str, default: str, subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    value = raw.get(key, default)
+    try:
+        address = ipaddress.IPv4Address(value)
+    except (ipaddress.AddressValueError, ValueError, TypeError):
+        raise _invalid(key, value, f"must be an IPv4 address inside {subnet}") from None
+    if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
+        raise _invalid(key, value, f"must be a host address inside {subnet}")
+    return address

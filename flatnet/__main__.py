@@ -1,0 +1,3 @@
+from flatnet.cli import main
+
+main()

@@ -1,0 +1,65 @@
+"""The `flatnet` command: argument parsing and exit codes only.
+
+Each subcommand calls into the module that does the work; only
+:class:`~flatnet.errors.FlatnetError` is caught here and printed for a person.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flatnet import i18n
+from flatnet.errors import FlatnetError
+
+i18n.define({
+    "cli.error": ("flatnet: error: {message}", "flatnet: エラー: {message}"),
+    "cli.interrupted": ("flatnet: interrupted", "flatnet: 中断しました"),
+})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flatnet",
+        description="A flat network for podman containers on hosts joined by Nebula.",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="the lowest level of log records written to stderr (default INFO)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gateway = commands.add_parser("gateway", help="run this host's gateway daemon")
+    gateway.add_argument("--config", required=True, help="path of the gateway's TOML config file")
+    gateway.set_defaults(run=_run_gateway)
+
+    from flatnet.lab.cli import register as register_lab
+
+    register_lab(commands)
+    return parser
+
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    from flatnet.gateway.app import run_gateway
+    from flatnet.gateway.settings import load_settings
+
+    settings = load_settings(args.config)
+    return run_gateway(settings)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    from flatnet.logs import configure_logging
+
+    configure_logging(args.log_level)
+    try:
+        status = args.run(args)
+    except FlatnetError as error:
+        print(i18n.text("cli.error", message=error), file=sys.stderr)
+        status = 1
+    except KeyboardInterrupt:
+        print(i18n.text("cli.interrupted"), file=sys.stderr)
+        status = 130
+    sys.exit(status or 0)

@@ -1,0 +1,157 @@
+"""The gateway daemon: start-up, the two listeners, background tasks, shutdown.
+
+Start-up order matters: the log is opened and recovered, the outbox drained,
+and only then do the listeners accept requests, so a change that waited in
+the outbox is always appended before any newer one. Every resource opened is
+closed again in reverse order, also when start-up fails halfway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+
+import aiohttp
+from aiohttp import web
+
+from flatnet import logs
+from flatnet.errors import FlatnetError
+from flatnet.events.log import LogError
+from flatnet.gateway import api, proxy
+from flatnet.gateway.follower import follow
+from flatnet.gateway.journal import Journal, next_identity
+from flatnet.gateway.settings import Settings, split_host_port
+from flatnet.gateway.state import GATEWAY, Gateway
+from flatnet.logs import gateway as logger
+
+# Linux's IP_FREEBIND; the socket module names it only from Python 3.12. It
+# lets the API bind the Nebula address before Nebula has created its tun.
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+OUTBOX_DRAIN_SECONDS = 2.0
+
+
+def bind_socket(address: str) -> socket.socket:
+    """Bind a listening TCP socket to ``host:port``, even before the address exists."""
+    host, port = split_host_port(address)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+        sock.setblocking(False)
+    except OSError as error:
+        sock.close()
+        raise FlatnetError(f"failed to listen on {address}: {error.strerror}; is another gateway running there?") from None
+    return sock
+
+
+@web.middleware
+async def _peer_hop_middleware(request: web.Request, handler):
+    # A request forwarded by a peer gateway is for a container of this host,
+    # whatever its path: it may well be a container's own /api.
+    if proxy.HOP_HEADER in request.headers:
+        return await proxy.handle(request)
+    return await handler(request)
+
+
+def build_api_app(gateway: Gateway, session: aiohttp.ClientSession, decisions: proxy.DecisionLog) -> web.Application:
+    app = web.Application(middlewares=[_peer_hop_middleware], client_max_size=1024 * 1024)
+    app[GATEWAY] = gateway
+    app[proxy.CLIENT] = session
+    app[proxy.DECISIONS] = decisions
+    app[proxy.FROM_PEERS] = True
+    api.add_routes(app)
+    return app
+
+
+def build_proxy_app(gateway: Gateway, session: aiohttp.ClientSession, decisions: proxy.DecisionLog) -> web.Application:
+    app = web.Application(client_max_size=0)
+    app[GATEWAY] = gateway
+    app[proxy.CLIENT] = session
+    app[proxy.DECISIONS] = decisions
+    app[proxy.FROM_PEERS] = False
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app
+
+
+async def _drain_outbox_periodically(gateway: Gateway) -> None:
+    # The plugin also falls back to the outbox while this gateway runs but
+    # cannot be reached (Nebula down, so the API address is missing).
+    while True:
+        await asyncio.sleep(OUTBOX_DRAIN_SECONDS)
+        try:
+            await gateway.drain_outbox()
+        except (OSError, LogError) as error:
+            logger.error("outbox drain failed: %s; retrying in %.0f s", error, OUTBOX_DRAIN_SECONDS)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the gateway until ``stop`` is set."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.access_log is not None:
+        logs.add_access_log_file(str(settings.access_log))
+
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            identity = next_identity(settings.data_dir)
+            journal = Journal(settings.data_dir, settings.host_id, identity)
+        except LogError as error:
+            raise FlatnetError(str(error)) from None
+        stack.callback(journal.close)
+        gateway = Gateway(settings, journal)
+        drained = journal.drain_outbox()
+        logger.info(
+            "gateway of host %d starting: node %s epoch %d, vector %s, %d outbox changes appended",
+            settings.host_id, identity.node, identity.epoch, journal.log.vector(), drained,
+        )
+
+        decisions = proxy.DecisionLog(settings.data_dir)
+        stack.callback(decisions.close)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=64, keepalive_timeout=30)
+        session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector, auto_decompress=False))
+        stream_session = await stack.enter_async_context(aiohttp.ClientSession())
+
+        api_socket = bind_socket(settings.api_listen)
+        stack.callback(api_socket.close)
+        proxy_socket = bind_socket(settings.proxy_listen)
+        stack.callback(proxy_socket.close)
+
+        runners = []
+        for app, sock in (
+            (build_api_app(gateway, session, decisions), api_socket),
+            (build_proxy_app(gateway, session, decisions), proxy_socket),
+        ):
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.SockSite(runner, sock).start()
+            runners.append(runner)
+        logger.info("serving the API on %s and the proxy on %s", settings.api_listen, settings.proxy_listen)
+
+        tasks = [asyncio.create_task(_drain_outbox_periodically(gateway), name="outbox-drain")]
+        for peer in settings.peers:
+            tasks.append(asyncio.create_task(follow(gateway, peer, stream_session), name=f"follower-{peer.host_id}"))
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            logger.info("gateway of host %d stopping", settings.host_id)
+
+
+def run_gateway(settings: Settings) -> int:
+    """Run the gateway in the foreground until SIGTERM or SIGINT."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,113 @@
+"""The gateway's settings: one frozen object, loaded once from a TOML file."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from flatnet.errors import FlatnetError
+
+_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+HostId = Annotated[int, Field(ge=1, le=254)]
+
+
+class Peer(BaseModel):
+    """Another host's gateway, reached over Nebula."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host_id: HostId
+    api: AnyHttpUrl
+
+    @property
+    def base_url(self) -> str:
+        return str(self.api).rstrip("/")
+
+
+class Settings(BaseModel):
+    """Everything the gateway reads from its config file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host_id: HostId
+    data_dir: Path
+    api_listen: str = Field(description="host:port of the internal API, on the Nebula address")
+    proxy_listen: str = Field(description="host:port of the LAN proxy")
+    access_log: Path | None = None
+    domain: str = "flatnet"
+    ttl: float = Field(300.0, gt=0, description="seconds a silent peer's containers stay routable")
+    resync: float = Field(30.0, gt=0, description="seconds between snapshot checks of each peer")
+    heartbeat: float = Field(5.0, gt=0, description="seconds between heartbeat frames on an event stream")
+    upstream_connect_timeout: float = Field(3.0, gt=0)
+    upstream_timeout: float = Field(60.0, gt=0)
+    peers: tuple[Peer, ...] = ()
+
+    @field_validator("api_listen", "proxy_listen")
+    @classmethod
+    def _is_host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{value!r} must be 'IPv4:port', e.g. '10.100.0.1:8080'") from None
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} has no valid port (1-65535)")
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _is_domain(cls, value: str) -> str:
+        value = value.strip(".").lower()
+        if not _DOMAIN.match(value):
+            raise ValueError(f"{value!r} must be a DNS suffix like 'flatnet' or 'lan.example'")
+        return value
+
+    @model_validator(mode="after")
+    def _peers_are_others(self) -> "Settings":
+        seen = set()
+        for peer in self.peers:
+            if peer.host_id == self.host_id:
+                raise ValueError(f"peer host_id {peer.host_id} is this gateway's own host_id")
+            if peer.host_id in seen:
+                raise ValueError(f"peer host_id {peer.host_id} is listed twice")
+            seen.add(peer.host_id)
+        return self
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"10.100.{self.host_id}.0/24")
+
+    def peer(self, host_id: int) -> Peer | None:
+        for peer in self.peers:
+            if peer.host_id == host_id:
+                return peer
+        return None
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host, int(port)
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate the gateway config at ``path``."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FlatnetError(f"gateway config {path} not found; pass an existing file with --config") from None
+    except tomllib.TOMLDecodeError as error:
+        raise FlatnetError(f"gateway config {path} is not valid TOML: {error}") from None
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, issue['loc'])) or '(top level)'}: {issue['msg']} (got {issue.get('input')!r})"
+            for issue in error.errors()
+        )
+        raise FlatnetError(f"gateway config {path} is invalid: {problems}") from None
