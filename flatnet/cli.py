@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--config", required=True, help="path of the gateway's TOML config file")
     gateway.set_defaults(run=_run_gateway)
 
+    demo = commands.add_parser("demo", help="build a 2-host lab and walk through flatnet end to end")
+    demo.set_defaults(run=_run_demo)
+
     from flatnet.lab.cli import register as register_lab
 
     register_lab(commands)
@@ -45,6 +48,12 @@ def _run_gateway(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     return run_gateway(settings)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from flatnet.demo import run_demo
+
+    return run_demo()
 
 
 def main(argv: list[str] | None = None) -> None:

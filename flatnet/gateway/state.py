@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import time
 
 from aiohttp import web
@@ -97,7 +98,8 @@ class Gateway:
                 "ifname": container.ifname,
                 "origin": container.origin,
                 "seq": container.seq,
-                "ttl": 0 if container.origin in expired else round(self.liveness.remaining(container.origin, now)),
+                # Rounded up: 0 means expired, never "about to expire".
+                "ttl": 0 if container.origin in expired else math.ceil(self.liveness.remaining(container.origin, now)),
             })
         return entries
 

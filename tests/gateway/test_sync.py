@@ -1,0 +1,132 @@
+"""Gateways share their hosts' containers: streams, resume, outbox, TTL."""
+
+import json
+import time
+import uuid
+
+import pytest
+
+from flatnet.events import outbox
+from flatnet.events.log import OriginLog
+from flatnet.events.record import CONTAINER_ADDED, Change
+from tests.gateway.harness import http, wait_until
+
+pytestmark = pytest.mark.root
+
+
+def _names(gateway) -> dict[str, dict]:
+    return {entry["hostname"]: entry for entry in gateway.containers()}
+
+
+def test_added_container_reaches_peer(fleet):
+    gateways = fleet()
+
+    gateways[2].add_container("web-b1", "10.100.2.10", ports=[8000])
+
+    seen = wait_until(lambda: _names(gateways[1]).get("web-b1"), 5, "web-b1 on gateway 1")
+    assert seen["hostId"] == 2
+    assert seen["ip"] == "10.100.2.10"
+    assert seen["ports"] == [8000]
+    assert 0 < seen["ttl"] <= 300
+
+
+def test_removed_container_leaves_peer(fleet):
+    gateways = fleet()
+    added = gateways[2].add_container("web-b2", "10.100.2.11")
+    wait_until(lambda: "web-b2" in _names(gateways[1]), 5, "web-b2 on gateway 1")
+
+    gateways[2].remove_container(added["id"])
+
+    wait_until(lambda: "web-b2" not in _names(gateways[1]), 5, "web-b2 to leave gateway 1")
+    assert "web-b2" not in _names(gateways[2])
+
+
+def test_follower_resumes_without_gap_or_duplicate(fleet):
+    gateways = fleet()
+    gateways[2].add_container("before", "10.100.2.10")
+    wait_until(lambda: "before" in _names(gateways[1]), 5, "first container on gateway 1")
+
+    gateways[1].stop()
+    for n in range(3):
+        gateways[2].add_container(f"while-away-{n}", f"10.100.2.{20 + n}")
+    gateways[1].start()
+
+    wait_until(lambda: len(_names(gateways[1])) == 4, 10, "all four containers on gateway 1")
+    replica = OriginLog(gateways[1].data_dir / "log" / "2", 2)
+    seqs = [event.seq for event in replica.read(0)]
+    assert seqs == [1, 2, 3, 4]
+
+
+def test_restarted_gateway_rebuilds_equal_view(fleet):
+    gateways = fleet()
+    gateways[2].add_container("kept-a", "10.100.2.10")
+    removed = gateways[2].add_container("gone-b", "10.100.2.11")
+    gateways[2].remove_container(removed["id"])
+    gateways[1].add_container("kept-c", "10.100.1.10")
+    wait_until(lambda: set(_names(gateways[1])) == {"kept-a", "kept-c"}, 5, "view of gateway 1")
+    before = {entry["id"]: (entry["ip"], entry["hostId"], entry["seq"]) for entry in gateways[1].containers()}
+
+    gateways[1].stop()
+    gateways[1].start()
+
+    after = {entry["id"]: (entry["ip"], entry["hostId"], entry["seq"]) for entry in gateways[1].containers()}
+    assert after == before
+
+
+def test_outbox_change_appended_when_gateway_starts(fleet):
+    gateways = fleet()
+    gateways[2].stop()
+    change = Change(
+        id=str(uuid.uuid4()),
+        type=CONTAINER_ADDED,
+        ts="2026-12-04T10:00:00.000Z",
+        data={"id": "c" * 12, "ip": "10.100.2.30", "hostname": "from-outbox", "ports": [], "hostId": 2,
+              "createdAt": "2026-12-04T10:00:00.000Z", "ifname": "eth0"},
+    )
+    outbox.write_change(gateways[2].data_dir, change)
+
+    gateways[2].start()
+
+    assert outbox.pending(gateways[2].data_dir) == []
+    seen = wait_until(lambda: _names(gateways[1]).get("from-outbox"), 10, "outbox container on gateway 1")
+    assert seen["hostId"] == 2
+
+
+def test_duplicate_event_id_appended_once(fleet):
+    gateways = fleet(host_ids=(1,))
+    body = {"eventId": str(uuid.uuid4()), "id": "d" * 12, "ip": "10.100.1.10", "hostname": "once",
+            "ports": [], "hostId": 1, "createdAt": "2026-12-04T10:00:00.000Z"}
+
+    first, _ = http(gateways[1].netns, "POST", f"{gateways[1].api}/api/containers", body=body)
+    second, text = http(gateways[1].netns, "POST", f"{gateways[1].api}/api/containers", body=body)
+
+    assert first == 201
+    assert second == 200
+    assert json.loads(text)["duplicate"] is True
+    assert gateways[1].health()["vector"]["1"] == 1
+
+
+def test_silent_peer_expires_then_returns(fleet):
+    gateways = fleet(ttl=2, heartbeat=0.5)
+    gateways[2].add_container("web-ttl", "10.100.2.10")
+    wait_until(lambda: "web-ttl" in _names(gateways[1]), 5, "web-ttl on gateway 1")
+
+    gateways[2].stop()
+    expired = wait_until(lambda: _names(gateways[1])["web-ttl"]["ttl"] == 0, 10, "web-ttl to expire on gateway 1")
+    assert expired
+    status, _ = http(gateways[1].netns, "GET", f"{gateways[1].proxy}/", headers={"Host": "web-ttl.flatnet"})
+    assert status == 404
+    assert "peer 2 expired" in gateways[1].log_text()
+
+    gateways[2].start()
+    wait_until(lambda: _names(gateways[1])["web-ttl"]["ttl"] > 0, 10, "web-ttl to come back on gateway 1")
+    assert "peer 2 is live again" in gateways[1].log_text()
+
+
+def test_own_containers_never_expire(fleet):
+    gateways = fleet(host_ids=(1,), ttl=1, heartbeat=0.5)
+    gateways[1].add_container("mine", "10.100.1.10")
+
+    time.sleep(1.5)
+
+    assert _names(gateways[1])["mine"]["ttl"] == 1
