@@ -1,0 +1,224 @@
+"""`lab up`: build the namespaces, certificates, configuration and processes of a new lab.
+
+The order matters. Gateways start before Nebula because they bind their API address with
+IP_FREEBIND, and their Python start-up then overlaps Nebula's. The lighthouse's Nebula comes
+up before the other hosts', because a first handshake packet sent to a lighthouse that does
+not listen yet is lost and retried only after about 300 ms. A gateway is checked for health
+last, since its API address exists only once its host's Nebula is up.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from flatnet import i18n
+from flatnet.errors import FlatnetError
+from flatnet.lab import config, layout, namespaces, pki, state
+from flatnet.lab.config import LabSettings
+from flatnet.lab.image import IMAGE, IMAGE_SHORT_NAME, ensure_image
+from flatnet.lab.lab import Lab, wait_ready
+from flatnet.lab.layout import LabPaths
+from flatnet.lab.processes import TOOL_PACKAGES, require_tool
+from flatnet.lab.progress import Progress, StepTimer, ignore_progress
+from flatnet.lab.services import Service, Startup, start_service
+from flatnet.lab.state import LabState, ProcessRecord
+from flatnet.lab.teardown import down
+from flatnet.logs import lab as log
+
+i18n.define({
+    "lab.invalid_hosts": (
+        "--hosts {value} is out of range: a lab has 1 to {maximum} hosts, because the LAN client"
+        " uses 198.18.0.100",
+        "--hosts {value} は範囲外です。LAN クライアントが 198.18.0.100 を使うため、ホスト数は 1 から {maximum} です",
+    ),
+    "lab.invalid_ttl": (
+        "--ttl {value} is invalid: give the registry TTL as a whole number of seconds, at least 1",
+        "--ttl {value} は無効です。レジストリの TTL は 1 以上の整数（秒）で指定してください",
+    ),
+    "lab.invalid_mtu": (
+        "--mtu {value} is out of range: use {minimum} to {maximum}, because Nebula adds {overhead} bytes"
+        " to each packet on the LAN's {lan} byte MTU",
+        "--mtu {value} は範囲外です。Nebula は LAN の MTU {lan} バイトに対してパケットごとに {overhead} バイトを"
+        "加えるため、{minimum} から {maximum} を指定してください",
+    ),
+    "lab.exists": (
+        "a lab already exists ({evidence}); run `flatnet lab down` first",
+        "ラボがすでに存在します（{evidence}）。先に `flatnet lab down` を実行してください",
+    ),
+    "lab.dir_foreign": (
+        "{path} is not empty and was not made by `flatnet lab up`; choose another directory"
+        " with FLATNET_LAB_DIR or empty this one",
+        "{path} は空ではなく、`flatnet lab up` が作ったものでもありません。FLATNET_LAB_DIR で別のディレクトリを"
+        "指定するか、このディレクトリを空にしてください",
+    ),
+    "lab.plugin_missing": (
+        "the CNI plugin {path} is missing; install flatnet into this environment (pip install -e .)",
+        "CNI プラグイン {path} がありません。この環境に flatnet をインストールしてください（pip install -e .）",
+    ),
+    "lab.step_namespaces": ("namespaces and LAN ({hosts} hosts + client)", "名前空間と LAN（ホスト {hosts} 台 + クライアント）"),
+    "lab.step_pki": ("Nebula certificates", "Nebula 証明書"),
+    "lab.step_config": ("configuration files", "設定ファイル"),
+    "lab.step_gateways_started": ("gateways started", "ゲートウェイを起動"),
+    "lab.step_image_imported": ("image {image} imported", "イメージ {image} をインポート"),
+    "lab.step_image_present": ("image {image} present", "イメージ {image} は導入済み"),
+    "lab.step_lighthouse": ("Nebula lighthouse h1 up", "Nebula ライトハウス h1 起動完了"),
+    "lab.step_nebula": ("Nebula up on every host", "全ホストの Nebula 起動完了"),
+    "lab.step_gateways_healthy": ("gateways healthy", "ゲートウェイのヘルスチェック完了"),
+    "lab.step_up_total": ("lab up in {path}", "ラボ起動 {path}"),
+    "lab.up_failed": (
+        "lab up failed; removing what it made",
+        "lab up が失敗しました。作成したものを削除します",
+    ),
+})
+
+DEFAULT_HOSTS = 2
+DEFAULT_TTL = 300
+DEFAULT_MTU = 1300
+LAN_MTU = 1500
+NEBULA_OVERHEAD = 60
+MIN_MTU = 576
+MAX_MTU = LAN_MTU - NEBULA_OVERHEAD
+
+def validate_settings(hosts: int, ttl: int, mtu: int) -> LabSettings:
+    if not 1 <= hosts <= layout.MAX_HOSTS:
+        raise FlatnetError(i18n.text("lab.invalid_hosts", value=hosts, maximum=layout.MAX_HOSTS))
+    if ttl < 1:
+        raise FlatnetError(i18n.text("lab.invalid_ttl", value=ttl))
+    if not MIN_MTU <= mtu <= MAX_MTU:
+        raise FlatnetError(i18n.text(
+            "lab.invalid_mtu", value=mtu, minimum=MIN_MTU, maximum=MAX_MTU,
+            overhead=NEBULA_OVERHEAD, lan=LAN_MTU,
+        ))
+    return LabSettings(hosts=hosts, ttl=ttl, mtu=mtu)
+
+
+def cni_plugin_path() -> Path:
+    """Return flatnet's CNI plugin: the console script next to this Python interpreter."""
+    return Path(sys.executable).parent / "flatnet-cni"
+
+
+def _reject_existing_lab(paths: LabPaths) -> None:
+    """Raise unless no lab namespace exists and the lab directory is missing or empty."""
+    leftovers = namespaces.lab_namespaces()
+    if leftovers:
+        evidence = ", ".join(f"/run/netns/{name}" for name in leftovers)
+        raise FlatnetError(i18n.text("lab.exists", evidence=evidence))
+    if not paths.root.is_dir() or not any(paths.root.iterdir()):
+        return
+    if paths.state_file.exists() or paths.marker.exists():
+        evidence = paths.state_file if paths.state_file.exists() else paths.root
+        raise FlatnetError(i18n.text("lab.exists", evidence=evidence))
+    raise FlatnetError(i18n.text("lab.dir_foreign", path=paths.root))
+
+
+def up(
+    *, hosts: int = DEFAULT_HOSTS, ttl: int = DEFAULT_TTL, mtu: int = DEFAULT_MTU,
+    lab_dir: Path | str | None = None, progress: Progress = ignore_progress,
+) -> Lab:
+    """Build a lab of ``hosts`` hosts and a LAN client, and return it once every gateway is healthy.
+
+    Raise FlatnetError if a lab exists already. If a step fails, remove what was made (as
+    `lab down` does) and raise the step's error.
+    """
+    settings = validate_settings(hosts, ttl, mtu)
+    namespaces.require_root("up")
+    paths = LabPaths(Path(lab_dir).absolute() if lab_dir else layout.default_lab_dir())
+    for tool in TOOL_PACKAGES:
+        require_tool(tool)
+    plugin = cni_plugin_path()
+    if not plugin.exists():
+        raise FlatnetError(i18n.text("lab.plugin_missing", path=plugin))
+    _reject_existing_lab(paths)
+
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.marker.touch()
+    lab_state = state.new_state(paths, settings, IMAGE)
+    state.write_state(paths, lab_state)
+    try:
+        _build(paths, lab_state, plugin, progress)
+    except BaseException:
+        progress(i18n.text("lab.up_failed"))
+        _tear_down_after_failure(paths, progress)
+        raise
+    return Lab(paths, lab_state)
+
+
+def _tear_down_after_failure(paths: LabPaths, progress: Progress) -> None:
+    try:
+        down(lab_dir=paths.root, progress=progress)
+    except FlatnetError as error:
+        # The original error is what the caller needs; the leftovers are logged for the person.
+        log.error("removing the half-built lab left something behind: %s", error)
+
+
+def _build(paths: LabPaths, lab_state: LabState, plugin: Path, progress: Progress) -> None:
+    settings = lab_state.settings
+    steps = StepTimer(progress)
+
+    _create_namespaces(settings)
+    steps.done("lab.step_namespaces", hosts=settings.hosts)
+
+    pki.create_pki(paths, settings.host_ids)
+    steps.done("lab.step_pki")
+
+    write_host_files(paths, settings, plugin)
+    steps.done("lab.step_config")
+
+    gateways = [_start(paths, lab_state, Service.GATEWAY, host_id) for host_id in settings.host_ids]
+    steps.done("lab.step_gateways_started")
+
+    # The image is imported while the gateways import their Python modules.
+    imported = ensure_image(paths, layout.host_name(1))
+    steps.done("lab.step_image_imported" if imported else "lab.step_image_present", image=IMAGE_SHORT_NAME)
+
+    lighthouse = _start(paths, lab_state, Service.NEBULA, config.LIGHTHOUSE_ID)
+    wait_ready(lighthouse)
+    steps.done("lab.step_lighthouse")
+    others = [
+        _start(paths, lab_state, Service.NEBULA, host_id)
+        for host_id in settings.host_ids if host_id != config.LIGHTHOUSE_ID
+    ]
+    for startup in others:
+        wait_ready(startup)
+    steps.done("lab.step_nebula")
+
+    for startup in gateways:
+        wait_ready(startup)
+    steps.done("lab.step_gateways_healthy")
+    steps.total("lab.step_up_total", path=paths.root)
+
+
+def _create_namespaces(settings: LabSettings) -> None:
+    namespaces.create_lan()
+    for host_id in settings.host_ids:
+        netns = layout.netns_name(layout.host_name(host_id))
+        namespaces.join_lan(netns, str(layout.lan_address(host_id)))
+        namespaces.enable_ip_forward(netns)
+    namespaces.join_lan(layout.netns_name(layout.CLIENT), str(layout.CLIENT_LAN_ADDRESS))
+
+
+def write_host_files(paths: LabPaths, settings: LabSettings, plugin: Path) -> None:
+    """Write every host's configuration files and link the CNI plugin into the lab's plugin dir."""
+    paths.cni_bin_dir.mkdir()
+    (paths.cni_bin_dir / "flatnet").symlink_to(plugin)
+    plugin_dirs = [paths.cni_bin_dir, Path("/usr/lib/cni")]
+
+    for host_id in settings.host_ids:
+        name = layout.host_name(host_id)
+        paths.host_dir(name).mkdir()
+        paths.data_dir(name).mkdir()
+        paths.cni_config_dir(name).mkdir()
+        paths.nebula_config(name).write_text(config.render_nebula_config(paths, host_id, settings))
+        paths.gateway_config(name).write_text(config.render_gateway_config(paths, host_id, settings))
+        paths.containers_conf(name).write_text(config.render_containers_conf(paths, host_id, plugin_dirs))
+        paths.conflist(name).write_text(config.render_conflist(paths, host_id, settings))
+
+
+def _start(paths: LabPaths, lab_state: LabState, service: Service, host_id: int) -> Startup:
+    """Start a process and record its PID in lab.json at once, so a failed up can still stop it."""
+    startup = start_service(service, paths, host_id)
+    with state.locked(paths):
+        lab_state.members[startup.host].processes[service.value] = ProcessRecord(startup.pid, state.now_iso())
+        state.write_state(paths, lab_state)
+    return startup
