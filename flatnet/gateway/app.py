@@ -137,9 +137,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         try:
             await stop.wait()
         finally:
-            for task in tasks:
+            streams = list(gateway.stream_tasks)
+            for task in tasks + streams:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *streams, return_exceptions=True)
             logger.info("gateway of host %d stopping", settings.host_id)
 
 

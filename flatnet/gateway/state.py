@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import math
@@ -42,6 +43,8 @@ class Gateway:
         self.liveness = Liveness(settings.host_id, settings.ttl)
         self.peers: dict[int, PeerStatus] = {peer.host_id: PeerStatus() for peer in settings.peers}
         self._expired_reported: set[int] = set()
+        # Open event streams never finish on their own; shutdown cancels them.
+        self.stream_tasks: set[asyncio.Task] = set()
         # Peers get the full TTL from our start: their replicas are as fresh as
         # when we stopped, and they have had no chance to speak yet.
         for peer in settings.peers:

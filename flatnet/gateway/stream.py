@@ -68,6 +68,8 @@ async def serve_events(request: web.Request) -> web.StreamResponse:
         )
 
     subscription = gateway.journal.subscribe(origin)
+    task = asyncio.current_task()
+    gateway.stream_tasks.add(task)
     response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
     await response.prepare(request)
     peer = request.remote
@@ -97,4 +99,5 @@ async def serve_events(request: web.Request) -> web.StreamResponse:
         logger.debug("stream of origin %d for %s closed by the client", origin, peer)
     finally:
         gateway.journal.unsubscribe(subscription)
+        gateway.stream_tasks.discard(task)
     return response
