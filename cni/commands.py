@@ -67,6 +67,10 @@ def _container_ports(request: Request) -> list[int]:
 def add(request: Request, conf: NetConf) -> dict[str, Any]:
     """Attach the container to the host's bridge with a fresh address."""
     with DirectoryStore(conf.data_dir) as store:
+        held_before = any(
+            existing.container_id == request.container_id and existing.ifname == request.ifname
+            for existing in store.reserved().values()
+        )
         reservation = allocate(store, conf, request.container_id, request.ifname, _requested_address(request))
     address = ipaddress.IPv4Interface(f"{reservation.address}/{conf.subnet.prefixlen}")
 
@@ -74,9 +78,12 @@ def add(request: Request, conf: NetConf) -> dict[str, Any]:
         result = _set_up_interfaces(request, conf, address)
     except BaseException:
         # Undo the reservation so a failed ADD leaves nothing behind; the veth,
-        # if it was made, went with the rollback in _set_up_interfaces.
-        with DirectoryStore(conf.data_dir) as store:
-            store.release(request.container_id, request.ifname)
+        # if it was made, went with the rollback in _set_up_interfaces. A
+        # repeated ADD got the address an earlier ADD reserved, which may still
+        # be in use, so that one is left for DEL to free.
+        if not held_before:
+            with DirectoryStore(conf.data_dir) as store:
+                store.release(request.container_id, request.ifname)
         raise
 
     change = handoff.added_change({

@@ -70,7 +70,12 @@ def load_netconf(raw: dict[str, Any]) -> NetConf:
     if not isinstance(endpoints, list) or not all(isinstance(url, str) for url in endpoints):
         raise _invalid("registryEndpoints", endpoints, "must be a list of gateway URLs like 'http://10.100.0.1:8080'")
     for url in endpoints:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            # Reading .port raises ValueError for a port that is not a number from 0 to 65535.
+            parts.port
+        except ValueError as error:
+            raise _invalid("registryEndpoints", url, f"must be an http:// URL like 'http://10.100.0.1:8080' ({error})") from None
         if parts.scheme != "http" or not parts.hostname:
             raise _invalid("registryEndpoints", url, "each entry must be an http:// URL with a host, like 'http://10.100.0.1:8080'")
 

@@ -79,6 +79,9 @@ class OriginLog:
                 raise LogError(
                     f"corrupt record in the middle of {last} at byte offset {line_start}: {error}"
                 ) from None
+            except record.UnknownEventType as error:
+                # Cutting it would lose a valid record written by a newer version.
+                raise LogError(f"unreadable record in {last} at byte offset {line_start}: {error}") from None
             self._check_continuity(event, expected, last, line_start)
             expected = event.seq + 1
             good_end = line_start + len(line)
@@ -145,6 +148,10 @@ class OriginLog:
                 data = segment.read()
             for offset, line in _lines(data):
                 if not line.endswith(b"\n"):
+                    if index + 1 < len(segments):
+                        raise LogError(
+                            f"torn record in {path} at byte offset {offset}: only the last segment may end mid-record"
+                        )
                     # A record still being written by the appender; not yet part of the log.
                     return
                 try:

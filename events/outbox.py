@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from flatnet.events.record import Change, check_schema
+from flatnet.events.record import Change, check_data, check_schema
 
 
 class OutboxError(Exception):
@@ -65,11 +65,21 @@ def read_change(path: Path) -> Change:
     if not isinstance(fields, dict):
         raise OutboxError(f"outbox file {path} holds a JSON {type(fields).__name__}, expected an object")
 
-    for name, kind in (("id", str), ("type", str), ("v", int), ("ts", str), ("data", dict)):
-        if not isinstance(fields.get(name), kind):
-            raise OutboxError(f"outbox file {path}: field {name!r} must be a {kind.__name__}, got {fields.get(name)!r}")
+    for name, kind, description in (
+        ("id", str, "a non-empty string"),
+        ("type", str, "a non-empty string"),
+        ("v", int, "an integer"),
+        ("ts", str, "a non-empty string"),
+        ("data", dict, "an object"),
+    ):
+        value = fields.get(name)
+        # The log's reader rejects true as an integer and "" as a string, so a
+        # change accepted with either would make the log unreadable once appended.
+        if not isinstance(value, kind) or isinstance(value, bool) or value == "":
+            raise OutboxError(f"outbox file {path}: field {name!r} must be {description}, got {value!r}")
     try:
         check_schema(fields["type"], fields["v"])
+        check_data(fields["type"], fields["data"])
     except ValueError as error:
         raise OutboxError(f"outbox file {path}: {error}") from None
     return Change(id=fields["id"], type=fields["type"], data=fields["data"], ts=fields["ts"], v=fields["v"])

@@ -117,6 +117,10 @@ def event_from_fields(fields: dict[str, Any]) -> Event:
         raise CorruptRecord(f"record field 'data' must be an object, got {fields['data']!r}")
 
     check_schema(fields["type"], fields["v"])
+    try:
+        check_data(fields["type"], fields["data"])
+    except InvalidData as error:
+        raise CorruptRecord(str(error)) from None
     return Event(**{name: fields[name] for name in _ENVELOPE_FIELDS})
 
 
@@ -132,6 +136,33 @@ def check_schema(event_type: str, version: int) -> None:
             f"event type {event_type!r} version {version} is not supported; "
             f"this reader knows versions {sorted(versions)}"
         )
+
+
+class InvalidData(RecordError):
+    """An event payload that lacks a field its type requires, or has one of the wrong kind."""
+
+
+# Payload fields each type requires, with their JSON kinds. The view folds
+# these fields; an event without them would stop every gateway that reads it.
+_REQUIRED_DATA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    CONTAINER_ADDED: {"id": str, "ip": str, "hostname": str, "hostId": int},
+    CONTAINER_REMOVED: {"id": str},
+}
+
+
+def check_data(event_type: str, data: dict[str, Any]) -> None:
+    """Raise InvalidData unless ``data`` has every field ``event_type`` requires."""
+    for name, kind in _REQUIRED_DATA.get(event_type, {}).items():
+        value = data.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) or value == "":
+            raise InvalidData(
+                f"{event_type} payload field {name!r} must be a non-empty {kind.__name__}, got {value!r}"
+            )
+    ports = data.get("ports", []) if event_type == CONTAINER_ADDED else []
+    if not isinstance(ports, list) or not all(
+        isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536 for port in ports
+    ):
+        raise InvalidData(f"{event_type} payload field 'ports' must be a list of ports 1-65535, got {ports!r}")
 
 
 def _expect_int(fields: dict[str, Any], name: str, low: int, high: int | None) -> None:

@@ -49,8 +49,13 @@ class View:
         """Fold ``event`` into the view; an event already applied changes nothing."""
         if event.seq <= self.vector.get(event.origin, 0):
             return Outcome.UNCHANGED
+        # The vector moves only after the change succeeded, so an event that
+        # raises leaves the view exactly as it was.
+        outcome = self._change(event)
         self.vector[event.origin] = event.seq
+        return outcome
 
+    def _change(self, event: Event) -> Outcome:
         data = event.data
         if event.type == CONTAINER_ADDED:
             container = Container(
