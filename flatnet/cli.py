@@ -33,6 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--config", required=True, help="path of the gateway's TOML config file")
     gateway.set_defaults(run=_run_gateway)
 
+    install = commands.add_parser("install", help="install the plugin, configs and systemd unit on this host (root)")
+    install.add_argument("--host-id", type=int, required=True, help="this host's id, 1-254, unique in the fleet")
+    install.add_argument("--dry-run", action="store_true", help="show what would be written, write nothing")
+    install.add_argument("--force", action="store_true", help="overwrite existing files that differ")
+    install.add_argument("--root", default="/", help="install under this directory instead of / (default /)")
+    install.set_defaults(run=_run_install)
+
+    uninstall = commands.add_parser("uninstall", help="remove what flatnet install wrote")
+    uninstall.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
+    uninstall.add_argument("--purge", action="store_true", help="also remove /var/lib/flatnet (the event log) and /var/log/flatnet")
+    uninstall.add_argument("--root", default="/", help="uninstall under this directory instead of / (default /)")
+    uninstall.set_defaults(run=_run_uninstall)
+
     demo = commands.add_parser("demo", help="build a 2-host lab and walk through flatnet end to end")
     demo.set_defaults(run=_run_demo)
 
@@ -48,6 +61,26 @@ def _run_gateway(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     return run_gateway(settings)
+
+
+def _run_install(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flatnet.install import install
+
+    for line in install(args.host_id, root=Path(args.root), dry_run=args.dry_run, force=args.force):
+        print(line)
+    return 0
+
+
+def _run_uninstall(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flatnet.install import uninstall
+
+    for line in uninstall(root=Path(args.root), dry_run=args.dry_run, purge=args.purge):
+        print(line)
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
