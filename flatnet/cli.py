@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="the lowest level of log records written to stderr (default INFO)",
     )
+    parser.add_argument(
+        "--log-format", default="text", choices=["text", "json"],
+        help="text lines for people (default), or JSON lines for log collectors",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gateway = commands.add_parser("gateway", help="run this host's gateway daemon")
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from flatnet.logs import configure_logging
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     try:
         status = args.run(args)
     except FlatnetError as error:

@@ -31,6 +31,11 @@ def define(messages: dict[str, tuple[str, str]]) -> None:
         _catalog[key] = pair
 
 
+def catalog() -> dict[str, tuple[str, str]]:
+    """Return a copy of every message defined so far: key -> (English, Japanese)."""
+    return dict(_catalog)
+
+
 def text(key: str, /, *, japanese: bool | None = None, **values: object) -> str:
     """Format message ``key`` in the locale's language with ``values``."""
     english, japanese_text = _catalog[key]
