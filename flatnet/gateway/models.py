@@ -20,15 +20,19 @@ class ContainerAdded(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    eventId: str = Field(default_factory=lambda: str(uuid.uuid4()), description="idempotency key of this change")
-    ts: str | None = Field(None, description="when the change happened, ISO 8601 UTC")
-    id: str
-    ip: IPvAnyAddress
-    hostname: str
-    ports: list[Port] = []
-    hostId: int = Field(ge=1, le=254)
-    createdAt: str
-    ifname: str = "eth0"
+    eventId: str = Field(
+        default_factory=lambda: str(uuid.uuid4()),
+        description="idempotency key: a change posted twice with one eventId is recorded once",
+        json_schema_extra={"format": "uuid"},
+    )
+    ts: str | None = Field(None, description="when the change happened, RFC 3339 UTC")
+    id: str = Field(description="the container id", json_schema_extra={"pattern": CONTAINER_ID.pattern})
+    ip: IPvAnyAddress = Field(description="the container's address, inside this host's 10.100.<hostId>.0/24")
+    hostname: str = Field(description="the container's name, a DNS label", json_schema_extra={"pattern": HOSTNAME.pattern})
+    ports: list[Port] = Field([], description="container TCP ports; the proxy uses the first, else 80")
+    hostId: int = Field(ge=1, le=254, description="the host that runs the container: this gateway's own")
+    createdAt: str = Field(description="when the container got its address, RFC 3339 UTC")
+    ifname: str = Field("eth0", description="the container's interface name")
 
     @field_validator("id")
     @classmethod
@@ -51,3 +55,75 @@ class ContainerAdded(BaseModel):
             return str(uuid.UUID(value))
         except ValueError:
             raise ValueError("must be a UUID") from None
+
+
+class ContainerEntry(BaseModel):
+    """One container of the fleet as this gateway's view holds it."""
+
+    id: str
+    ip: str
+    hostname: str
+    ports: list[int]
+    hostId: int
+    createdAt: str
+    ifname: str
+    origin: int = Field(description="the host whose log recorded the container")
+    seq: int = Field(description="the seq of that record in the origin's log")
+    ttl: int = Field(description="seconds until the owner expires; 0 means expired and not routed to")
+
+
+class ChangeAccepted(BaseModel):
+    """The answer to a change: its event id, the seq it got, and whether it was already recorded."""
+
+    eventId: str
+    seq: int | None = Field(description="the seq the change got in this host's log; null for a duplicate")
+    duplicate: bool
+    known: bool | None = Field(None, description="on DELETE: whether the container was in the view")
+
+
+class PeerHealth(BaseModel):
+    state: str = Field(description="connecting, connected or disconnected")
+    lastHeardSecondsAgo: float | None
+    expired: bool
+    replicaHead: int = Field(description="the last seq of the peer stored here")
+    remoteHead: int = Field(description="the peer's head as its last frame said")
+    reconnects: int
+    lastError: str
+
+
+class Health(BaseModel):
+    """What `GET /api/health` returns."""
+
+    status: str
+    hostId: int
+    node: str = Field(description="this gateway's node id, a UUID kept in the data directory")
+    epoch: int = Field(description="how many times this node has started")
+    uptimeSeconds: float
+    vector: dict[str, int] = Field(description="origin -> last stored seq")
+    containers: int
+    peers: dict[str, PeerHealth]
+    conflicts: dict[str, list[str]] = Field(description="name -> ids of the live containers sharing it, winner first")
+
+
+class Problem(BaseModel):
+    field: str
+    problem: str
+    value: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the API returns: a message naming the value and the rule."""
+
+    error: str
+    problems: list[Problem] | None = None
+
+
+class StreamReset(BaseModel):
+    """409 from `GET /api/events`: the follower has more of this origin than this gateway."""
+
+    error: str = Field(description="always 'reset'")
+    detail: str
+    origin: int
+    head: int
+    node: str
+    epoch: int
