@@ -16,7 +16,7 @@ def test_published_spec_is_current():
 
 
 @pytest.mark.root
-def test_schemathesis_finds_no_server_error(fleet):
+def test_schemathesis_finds_no_server_error(fleet, tmp_path):
     gateway = fleet(host_ids=(1,))[1]
     st = Path(sys.executable).parent / "st"
 
@@ -26,7 +26,7 @@ def test_schemathesis_finds_no_server_error(fleet):
         ["nsenter", f"--net=/run/netns/{gateway.netns}", str(st), "run", str(SPEC), "--url", gateway.api,
          "--checks", "not_a_server_error", "--exclude-path", "/api/events",
          "--max-examples", "60", "--seed", "1", "--workers", "1", "--phases", "examples,coverage,fuzzing"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
 
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
