@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from flatnet.events.record import CONTAINER_ADDED, CONTAINER_REMOVED, Change
+from flatnet.gateway.metrics import serve_metrics
 from flatnet.gateway.models import CONTAINER_ID, ContainerAdded
 from flatnet.gateway.state import GATEWAY, Gateway
 from flatnet.logs import gateway as logger
@@ -97,4 +98,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/api/containers/{container_id}", delete_container)
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/events", events)
+    app.router.add_get("/metrics", serve_metrics)
     logger.debug("internal API routes registered")

@@ -62,6 +62,7 @@ async def follow(gateway: Gateway, peer: Peer, session: aiohttp.ClientSession) -
             logger.info("peer %d disconnected (%s)", peer.host_id, status.last_error)
         status.state = PeerState.DISCONNECTED
         status.reconnects += 1
+        gateway.metrics.stream_reconnects.labels(str(peer.host_id)).inc()
         delay = backoff * random.uniform(0.5, 1.5)
         logger.debug("reconnecting to peer %d in %.1f s", peer.host_id, delay)
         await asyncio.sleep(delay)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from flatnet.events import outbox
@@ -83,6 +84,8 @@ class Journal:
         self.view = View()
         self._own_ids: set[str] = set()
         self._subscriptions: set[Subscription] = set()
+        # Called with every event appended and what it did to the view (metrics use it).
+        self.listeners: list[Callable[[Event, Outcome], None]] = []
         self.write_lock = asyncio.Lock()
 
         for origin in self.log.origins():
@@ -133,6 +136,8 @@ class Journal:
 
     def _publish(self, event: Event) -> Outcome:
         outcome = self.view.apply(event)
+        for listener in self.listeners:
+            listener(event, outcome)
         for subscription in list(self._subscriptions):
             if subscription.origin == event.origin:
                 subscription.offer(event)

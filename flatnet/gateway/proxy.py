@@ -230,6 +230,7 @@ async def _relay(request: web.Request, target: str, name: str, *, from_lan: bool
 
 
 def _record(request, gateway, request_id, host, decision, target, container: Container | None, expired, status, duration, hop):
+    gateway.metrics.observe_request(decision.value, status, duration)
     access_logger.info(
         'client=%s host="%s" decision=%s target=%s owner=%s status=%d duration_ms=%.1f request_id=%s%s',
         request.remote, host or "", decision.value, target or "-",

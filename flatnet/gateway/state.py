@@ -14,7 +14,8 @@ from flatnet.events.record import Change, Event
 from flatnet.gateway.journal import Journal
 from flatnet.gateway.settings import Settings
 from flatnet.logs import sync as sync_logger
-from flatnet.registry import Container, Liveness
+from flatnet.gateway.metrics import Metrics
+from flatnet.registry import Container, Liveness, Outcome
 
 
 class PeerState(enum.Enum):
@@ -42,6 +43,9 @@ class Gateway:
         self.started = time.monotonic()
         self.liveness = Liveness(settings.host_id, settings.ttl)
         self.peers: dict[int, PeerStatus] = {peer.host_id: PeerStatus() for peer in settings.peers}
+        self.metrics = Metrics()
+        self.metrics.watch(self)
+        journal.listeners.append(self._count_event)
         self._expired_reported: set[int] = set()
         # Open event streams never finish on their own; shutdown cancels them.
         self.stream_tasks: set[asyncio.Task] = set()
@@ -49,6 +53,12 @@ class Gateway:
         # when we stopped, and they have had no chance to speak yet.
         for peer in settings.peers:
             self.liveness.heard(peer.host_id, self.started)
+
+    def _count_event(self, event: Event, outcome: Outcome) -> None:
+        origin = str(event.origin)
+        self.metrics.events_appended.labels(origin).inc()
+        if outcome is not Outcome.UNCHANGED:
+            self.metrics.events_applied.labels(origin).inc()
 
     async def record_own(self, change: Change) -> tuple[Event | None, bool]:
         """Append a change of this host, after anything still waiting in the outbox.
