@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     uninstall.add_argument("--root", default="/", help="uninstall under this directory instead of / (default /)")
     uninstall.set_defaults(run=_run_uninstall)
 
+    status = commands.add_parser("status", help="show this host's gateway, its peers and containers")
+    status.add_argument("--config", help="the gateway's TOML config (default /etc/flatnet/gateway.toml)")
+    status.add_argument("--api", help="the gateway API URL instead of reading the config, e.g. http://10.100.0.1:8080")
+    status.add_argument("--json", action="store_true", help="print JSON for tools instead of a table")
+    status.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS seconds until Ctrl-C")
+    status.set_defaults(run=_run_status)
+
     demo = commands.add_parser("demo", help="build a 2-host lab and walk through flatnet end to end")
     demo.set_defaults(run=_run_demo)
 
@@ -85,6 +92,17 @@ def _run_uninstall(args: argparse.Namespace) -> int:
     for line in uninstall(root=Path(args.root), dry_run=args.dry_run, purge=args.purge):
         print(line)
     return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flatnet.status import run_status
+
+    if args.watch is not None and args.watch <= 0:
+        raise FlatnetError(f"--watch {args.watch} is invalid: give a number of seconds above 0, e.g. --watch 2")
+    config = Path(args.config) if args.config else None
+    return run_status(config, args.api, as_json=args.json, watch=args.watch)
 
 
 def _run_demo(args: argparse.Namespace) -> int:

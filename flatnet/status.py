@@ -1,0 +1,163 @@
+"""`flatnet status`: this host's gateway and its view of the fleet, for people or tools."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from flatnet import i18n
+from flatnet.errors import FlatnetError
+from flatnet.gateway.settings import load_settings
+
+DEFAULT_CONFIG = Path("/etc/flatnet/gateway.toml")
+
+i18n.define({
+    "status.unreachable": (
+        "gateway API {url} is not answering ({error}); is flatnet-gateway running, and is Nebula up?",
+        "ゲートウェイ API {url} が応答しません ({error})。flatnet-gateway と Nebula が動いているか確認してください",
+    ),
+    "status.bad_answer": ("gateway API {url} returned {detail}", "ゲートウェイ API {url} の応答が不正です: {detail}"),
+    "status.header": (
+        "host {host_id}  node {node}  epoch {epoch}  up {uptime}  containers {containers}",
+        "ホスト {host_id}  ノード {node}  エポック {epoch}  稼働 {uptime}  コンテナー {containers}",
+    ),
+    "status.peers": ("\nPeers", "\nピア"),
+    "status.no_peers": ("  (none configured)", "  (設定なし)"),
+    "status.peer_columns": (
+        "  {peer:<5} {address:<26} {state:<13} {heard:>10} {lag:>5}  {sync}",
+        "  {peer:<5} {address:<26} {state:<13} {heard:>10} {lag:>5}  {sync}",
+    ),
+    "status.column_peer": ("PEER", "ピア"),
+    "status.column_address": ("ADDRESS", "アドレス"),
+    "status.column_state": ("STATE", "状態"),
+    "status.column_heard": ("LAST HEARD", "最終受信"),
+    "status.column_lag": ("LAG", "遅れ"),
+    "status.column_sync": ("SYNC", "同期"),
+    "status.in_sync": ("in sync", "同期済み"),
+    "status.behind": ("behind by {lag}", "{lag} 件遅れ"),
+    "status.expired": ("expired", "期限切れ"),
+    "status.containers": ("\nContainers per host", "\nホストごとのコンテナー数"),
+    "status.container_row": ("  host {host_id:<4} {count:>5}  ({expired})", "  ホスト {host_id:<4} {count:>5}  ({expired})"),
+    "status.live": ("live", "有効"),
+    "status.conflicts": ("\nName conflicts (winner first)", "\n名前の衝突 (先頭が優先)"),
+    "status.conflict_row": ("  {name}: {ids}", "  {name}: {ids}"),
+})
+
+
+def _fetch(url: str, timeout: float) -> object:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise FlatnetError(i18n.text("status.bad_answer", url=url, detail=f"HTTP {error.code}")) from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise FlatnetError(i18n.text("status.unreachable", url=url, error=reason)) from None
+    except ValueError as error:
+        raise FlatnetError(i18n.text("status.bad_answer", url=url, detail=f"invalid JSON: {error}")) from None
+
+
+def collect(config: Path | None, api: str | None, timeout: float = 3.0) -> dict:
+    """Gather this host's status from its gateway's API into one JSON-ready dict."""
+    peers_config: dict[str, str] = {}
+    if api is None:
+        settings = load_settings(config or DEFAULT_CONFIG)
+        api = f"http://{settings.api_listen}"
+        peers_config = {str(peer.host_id): peer.base_url for peer in settings.peers}
+    api = api.rstrip("/")
+
+    health = _fetch(f"{api}/api/health", timeout)
+    containers = _fetch(f"{api}/api/containers", timeout)
+    if not isinstance(health, dict) or not isinstance(containers, list):
+        raise FlatnetError(i18n.text("status.bad_answer", url=api, detail="unexpected JSON shape"))
+
+    per_host: dict[str, dict] = {}
+    for entry in containers:
+        host = per_host.setdefault(str(entry["hostId"]), {"containers": 0, "expired": entry["ttl"] == 0})
+        host["containers"] += 1
+    peers = {}
+    for peer, state in health.get("peers", {}).items():
+        lag = max(0, state["remoteHead"] - state["replicaHead"])
+        in_sync = state["state"] == "connected" and lag == 0 and not state["expired"]
+        peers[peer] = dict(state, address=peers_config.get(peer), lag=lag, inSync=in_sync)
+    return {
+        "api": api,
+        "hostId": health["hostId"],
+        "node": health["node"],
+        "epoch": health["epoch"],
+        "uptimeSeconds": health["uptimeSeconds"],
+        "vector": health["vector"],
+        "containers": len(containers),
+        "hosts": per_host,
+        "peers": peers,
+        "conflicts": health.get("conflicts", {}),
+    }
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def render(status: dict) -> str:
+    """Format ``status`` as the table a person reads."""
+    lines = [i18n.text(
+        "status.header", host_id=status["hostId"], node=status["node"][:8], epoch=status["epoch"],
+        uptime=_duration(status["uptimeSeconds"]), containers=status["containers"],
+    )]
+
+    lines.append(i18n.text("status.peers"))
+    if not status["peers"]:
+        lines.append(i18n.text("status.no_peers"))
+    else:
+        lines.append(i18n.text(
+            "status.peer_columns", peer=i18n.text("status.column_peer"), address=i18n.text("status.column_address"),
+            state=i18n.text("status.column_state"), heard=i18n.text("status.column_heard"),
+            lag=i18n.text("status.column_lag"), sync=i18n.text("status.column_sync"),
+        ))
+        for peer, state in sorted(status["peers"].items(), key=lambda item: int(item[0])):
+            if state["expired"]:
+                sync = i18n.text("status.expired")
+            elif state["inSync"]:
+                sync = i18n.text("status.in_sync")
+            else:
+                sync = i18n.text("status.behind", lag=state["lag"])
+            lines.append(i18n.text(
+                "status.peer_columns", peer=peer, address=state["address"] or "-", state=state["state"],
+                heard=_duration(state["lastHeardSecondsAgo"]), lag=state["lag"], sync=sync,
+            ))
+
+    lines.append(i18n.text("status.containers"))
+    for host_id, host in sorted(status["hosts"].items(), key=lambda item: int(item[0])):
+        expired = i18n.text("status.expired") if host["expired"] else i18n.text("status.live")
+        lines.append(i18n.text("status.container_row", host_id=host_id, count=host["containers"], expired=expired))
+
+    if status["conflicts"]:
+        lines.append(i18n.text("status.conflicts"))
+        for name, ids in sorted(status["conflicts"].items()):
+            lines.append(i18n.text("status.conflict_row", name=name, ids=", ".join(i[:12] for i in ids)))
+    return "\n".join(lines)
+
+
+def run_status(config: Path | None, api: str | None, *, as_json: bool, watch: float | None) -> int:
+    """Print the status once, or every ``watch`` seconds until interrupted."""
+    while True:
+        status = collect(config, api)
+        text = json.dumps(status, indent=2) if as_json else render(status)
+        if watch is None:
+            print(text)
+            return 0
+        # Clear the screen and redraw in place, as watch(1) does.
+        sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
+        sys.stdout.flush()
+        time.sleep(watch)
