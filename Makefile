@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: deps system-deps demo test test-unit lab-down openapi clean
+.PHONY: deps system-deps demo test test-unit lab-down openapi bench-sync clean
 
 deps: system-deps $(STAMP)
 
@@ -23,6 +23,9 @@ test: deps
 
 test-unit: deps
 	$(VENV)/bin/python -m pytest -m "not root and not lab"
+
+bench-sync: deps
+	$(VENV)/bin/python bench/sync.py
 
 openapi: deps
 	$(VENV)/bin/python -m flatnet.gateway.openapi > docs/openapi.yaml

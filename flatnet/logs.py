@@ -27,6 +27,9 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_FORMATS = ("text", "json")
 
 
+_RESERVED_FIELDS = frozenset({"ts", "level", "logger", "message", "error"})
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``ts``, ``level``, ``logger``, ``message``, and ``error`` for exceptions.
 
@@ -43,7 +46,7 @@ class JsonFormatter(logging.Formatter):
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            document.update({key: value for key, value in fields.items() if key not in document})
+            document.update({key: value for key, value in fields.items() if key not in _RESERVED_FIELDS})
         if record.exc_info:
             document["error"] = self.formatException(record.exc_info)
         return orjson.dumps(document, default=str).decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 import uuid
 from typing import Annotated
@@ -46,6 +47,19 @@ class ContainerAdded(BaseModel):
     def _hostname(cls, value: str) -> str:
         if not HOSTNAME.match(value):
             raise ValueError("must be a DNS label: 1-63 letters, digits, '-' or '_', not starting or ending with '-'")
+        return value
+
+    @field_validator("createdAt", "ts")
+    @classmethod
+    def _rfc3339(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            moment = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be an RFC 3339 time with a zone, e.g. 2026-12-04T10:00:00.123Z") from None
+        if moment.tzinfo is None:
+            raise ValueError("must carry a time zone, e.g. a trailing Z for UTC")
         return value
 
     @field_validator("eventId")

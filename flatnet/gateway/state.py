@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import ipaddress
 import math
 import time
 
@@ -100,7 +101,7 @@ class Gateway:
         now = time.monotonic()
         expired = self.expired_origins()
         entries = []
-        for container in sorted(self.journal.view.containers.values(), key=lambda c: (c.host_id, c.ip)):
+        for container in sorted(self.journal.view.containers.values(), key=lambda c: (c.host_id, ipaddress.IPv4Address(c.ip))):
             entries.append({
                 "id": container.id,
                 "ip": container.ip,
