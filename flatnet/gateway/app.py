@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import signal
 import socket
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -88,13 +91,47 @@ async def _drain_outbox_periodically(gateway: Gateway) -> None:
             logger.error("outbox drain failed: %s; retrying in %.0f s", error, OUTBOX_DRAIN_SECONDS)
 
 
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data directory for this process alone, before anything in it is read or written.
+
+    Two gateways on one data directory would each append to the same log and
+    corrupt it; the second one to start stops here and names the first.
+    """
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(data_dir / "gateway.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise FlatnetError(
+            f"cannot use data_dir {data_dir}: {error.strerror}; set data_dir to a directory this gateway can write"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise FlatnetError(
+            f"data_dir {data_dir} is in use by another gateway (pid {holder}); "
+            f"stop that gateway first, or give this one a data_dir of its own"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the gateway until ``stop`` is set."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if settings.access_log is not None:
-        logs.add_access_log_file(str(settings.access_log))
-
     async with contextlib.AsyncExitStack() as stack:
+        lock = lock_data_dir(settings.data_dir)
+        stack.callback(os.close, lock)
+        if settings.access_log is not None:
+            try:
+                logs.add_access_log_file(str(settings.access_log))
+            except OSError as error:
+                raise FlatnetError(
+                    f"cannot open access_log {settings.access_log}: {error.strerror}; "
+                    f"set access_log to a writable file path or remove it"
+                ) from None
+
         try:
             identity = next_identity(settings.data_dir)
             journal = Journal(settings.data_dir, settings.host_id, identity)

@@ -101,13 +101,32 @@ def load_settings(path: str | Path) -> Settings:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise FlatnetError(f"gateway config {path} not found; pass an existing file with --config") from None
+    except IsADirectoryError:
+        raise FlatnetError(f"gateway config {path} is a directory; pass the TOML file with --config") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise FlatnetError(f"gateway config {path} cannot be read: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise FlatnetError(f"gateway config {path} is not valid TOML: {error}") from None
     try:
         return Settings.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, issue['loc'])) or '(top level)'}: {issue['msg']} (got {issue.get('input')!r})"
-            for issue in error.errors()
-        )
+        problems = "; ".join(_describe_problem(issue) for issue in error.errors())
         raise FlatnetError(f"gateway config {path} is invalid: {problems}") from None
+
+
+def _describe_problem(issue: dict) -> str:
+    """One config problem in words: the key, what is wrong, and the value when it is short."""
+    location = ".".join(map(str, issue["loc"]))
+    if issue["type"] == "extra_forbidden":
+        model = Peer if len(issue["loc"]) > 1 and issue["loc"][0] == "peers" else Settings
+        return f"unknown key {location!r}; valid keys are {', '.join(model.model_fields)}"
+    if issue["type"] == "missing":
+        return f"{location} is missing"
+    message = issue["msg"].removeprefix("Value error, ")
+    if not location:
+        return message
+    if issue["type"] in ("tuple_type", "list_type") and location == "peers":
+        return "peers must be a list of [[peers]] tables (double brackets), each with host_id and api"
+    value = repr(issue.get("input"))
+    shown = f" (got {value})" if len(value) <= 80 else ""
+    return f"{location}: {message}{shown}"
