@@ -9,6 +9,7 @@ on disk fails to decode instead of being trusted.
 from __future__ import annotations
 
 import dataclasses
+import re
 import zlib
 from typing import Any
 
@@ -23,6 +24,10 @@ KNOWN_VERSIONS: dict[str, frozenset[int]] = {
     CONTAINER_ADDED: frozenset({1}),
     CONTAINER_REMOVED: frozenset({1}),
 }
+
+# A container name as podman accepts it. The proxy reaches it as <name>.<domain>,
+# so the same rule holds wherever a name enters the log: API, outbox, replica.
+CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}")
 
 _ENVELOPE_FIELDS = ("origin", "seq", "ts", "node", "epoch", "id", "type", "v", "data")
 
@@ -158,6 +163,11 @@ def check_data(event_type: str, data: dict[str, Any]) -> None:
             raise InvalidData(
                 f"{event_type} payload field {name!r} must be a non-empty {kind.__name__}, got {value!r}"
             )
+    if event_type == CONTAINER_ADDED and not CONTAINER_NAME.fullmatch(data["hostname"]):
+        raise InvalidData(
+            f"{event_type} hostname {data['hostname'][:80]!r} is not a container name: letters, digits,"
+            f" '_', '.' and '-', starting with a letter or digit, at most 253 characters"
+        )
     ports = data.get("ports", []) if event_type == CONTAINER_ADDED else []
     if not isinstance(ports, list) or not all(
         isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536 for port in ports

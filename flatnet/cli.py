@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A flat network for podman containers on hosts joined by Nebula.",
     )
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="the lowest level of log records written to stderr (default INFO)",
     )
     parser.add_argument(

@@ -13,13 +13,19 @@ from collections.abc import Callable
 
 from flatnet import i18n
 from flatnet.errors import FlatnetError
-from flatnet.lab import build, teardown
+from flatnet.lab import build, layout
+from flatnet.lab.layout import LabPaths
 from flatnet.lab.lab import Lab
 from flatnet.lab.state import read_state
 
 i18n.define({
     "demo.title": ("flatnet demo: two hosts, one flat network", "flatnet デモ: 2 台のホストに 1 つのフラットなネットワーク"),
-    "demo.old_lab": ("A lab from an earlier run is up; taking it down first.", "以前の実行のラボが残っているため、先に削除します。"),
+    "demo.lab_exists": (
+        "A lab is already up in {path}, perhaps with containers of yours; the demo builds its own."
+        " Take it down with `.venv/bin/flatnet lab down` (or `make lab-down`) and run the demo again.",
+        "{path} にラボがすでに起動しています (あなたのコンテナーがあるかもしれません)。デモは専用のラボを構築します。"
+        "`.venv/bin/flatnet lab down` (または `make lab-down`) で削除してから、もう一度デモを実行してください。",
+    ),
     "demo.step": ("\n[{number}] {title}", "\n[{number}] {title}"),
     "demo.ok": ("  OK  {detail}", "  OK  {detail}"),
     "demo.failed": ("  FAILED  {detail}", "  失敗  {detail}"),
@@ -38,18 +44,18 @@ i18n.define({
     "demo.summary_ok": ("\nAll {count} checks passed. The lab is still up; explore it:", "\n{count} 件すべての確認に成功しました。ラボは起動したままです。次のように試せます:"),
     "demo.summary_failed": ("\n{failed} of {count} checks failed (see above). The lab is still up for a look:", "\n{count} 件中 {failed} 件の確認に失敗しました (上記参照)。調査用にラボは起動したままです:"),
     "demo.explore": (
-        "  flatnet lab status\n"
-        "  flatnet lab exec h2 -- podman ps\n"
-        "  flatnet lab exec client -- curl -s -H 'Host: web-a1.flatnet' http://198.18.0.2/\n"
-        "  flatnet lab exec h1 -- curl -s http://10.100.0.1:8080/api/containers\n"
+        "  .venv/bin/flatnet lab status\n"
+        "  .venv/bin/flatnet lab exec client -- curl -s -H 'Host: web-a1.flatnet' http://198.18.0.2/\n"
+        "  .venv/bin/flatnet lab exec h1 -- curl -s http://10.100.0.1:8080/api/containers\n"
+        "  .venv/bin/flatnet lab exec h1 -- .venv/bin/flatnet status --config {config}\n"
         "Take it down with:\n"
-        "  flatnet lab down      (or: make lab-down)",
-        "  flatnet lab status\n"
-        "  flatnet lab exec h2 -- podman ps\n"
-        "  flatnet lab exec client -- curl -s -H 'Host: web-a1.flatnet' http://198.18.0.2/\n"
-        "  flatnet lab exec h1 -- curl -s http://10.100.0.1:8080/api/containers\n"
+        "  .venv/bin/flatnet lab down      (or: make lab-down)",
+        "  .venv/bin/flatnet lab status\n"
+        "  .venv/bin/flatnet lab exec client -- curl -s -H 'Host: web-a1.flatnet' http://198.18.0.2/\n"
+        "  .venv/bin/flatnet lab exec h1 -- curl -s http://10.100.0.1:8080/api/containers\n"
+        "  .venv/bin/flatnet lab exec h1 -- .venv/bin/flatnet status --config {config}\n"
         "削除するには:\n"
-        "  flatnet lab down      (または make lab-down)",
+        "  .venv/bin/flatnet lab down      (または make lab-down)",
     ),
 })
 
@@ -158,12 +164,9 @@ class Demo:
 
 def run_demo() -> int:
     print(i18n.text("demo.title"), flush=True)
-    from flatnet.lab import layout
-    from flatnet.lab.layout import LabPaths
-
-    if read_state(LabPaths(layout.default_lab_dir())) is not None:
-        print(i18n.text("demo.old_lab"), flush=True)
-        teardown.down()
+    paths = LabPaths(layout.default_lab_dir())
+    if read_state(paths) is not None:
+        raise FlatnetError(i18n.text("demo.lab_exists", path=paths.root))
 
     demo = Demo()
     demo.step("demo.up", demo.build)
@@ -184,5 +187,5 @@ def run_demo() -> int:
         print(i18n.text("demo.summary_failed", failed=demo.failed, count=demo.number))
     else:
         print(i18n.text("demo.summary_ok", count=demo.number))
-    print(i18n.text("demo.explore"))
+    print(i18n.text("demo.explore", config=demo.lab.paths.gateway_config("h1")))
     return 1 if demo.failed else 0

@@ -84,6 +84,7 @@ async def _stream_once(gateway: Gateway, peer: Peer, session: aiohttp.ClientSess
             raise StreamRejected(f"peer {peer.host_id} answered HTTP {response.status}: {body[:300]}")
 
         status.state = PeerState.CONNECTED
+        status.last_error = ""
         logger.info("peer %d connected, resuming after seq %d", peer.host_id, after)
         async for line in response.content:
             if not line.strip():

@@ -9,9 +9,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator
 
+from flatnet.events.record import CONTAINER_NAME
+
 CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-# A DNS label: what a container name must be to be reachable as <name>.<domain>.
-HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-_]{0,61}[A-Za-z0-9])?$")
+HOSTNAME = re.compile(f"^{CONTAINER_NAME.pattern}$")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -46,7 +47,7 @@ class ContainerAdded(BaseModel):
     @classmethod
     def _hostname(cls, value: str) -> str:
         if not HOSTNAME.match(value):
-            raise ValueError("must be a DNS label: 1-63 letters, digits, '-' or '_', not starting or ending with '-'")
+            raise ValueError("must be a container name: letters, digits, '_', '.' and '-', starting with a letter or digit, at most 253")
         return value
 
     @field_validator("createdAt", "ts")

@@ -28,13 +28,14 @@ from flatnet.logs import lab as log
 
 i18n.define({
     "lab.invalid_hosts": (
-        "--hosts {value} is out of range: a lab has 1 to {maximum} hosts, because the LAN client"
-        " uses 198.18.0.100",
-        "--hosts {value} は範囲外です。LAN クライアントが 198.18.0.100 を使うため、ホスト数は 1 から {maximum} です",
+        "--hosts {value} is out of range: a lab has 1 to {maximum} hosts (at most {maximum} because the"
+        " LAN client uses 198.18.0.100)",
+        "--hosts {value} は範囲外です。ホスト数は 1 から {maximum} です（LAN クライアントが 198.18.0.100 を使うため、"
+        "上限は {maximum} です）",
     ),
     "lab.invalid_ttl": (
         "--ttl {value} is invalid: give the registry TTL as a whole number of seconds, at least 1",
-        "--ttl {value} は無効です。レジストリの TTL は 1 以上の整数（秒）で指定してください",
+        "--ttl {value} は無効です。レジストリーの TTL は 1 以上の整数（秒）で指定してください",
     ),
     "lab.invalid_mtu": (
         "--mtu {value} is out of range: use {minimum} to {maximum}, because Nebula adds {overhead} bytes"
@@ -56,7 +57,7 @@ i18n.define({
         "the CNI plugin {path} is missing; install flatnet into this environment (pip install -e .)",
         "CNI プラグイン {path} がありません。この環境に flatnet をインストールしてください（pip install -e .）",
     ),
-    "lab.step_namespaces": ("namespaces and LAN ({hosts} hosts + client)", "名前空間と LAN（ホスト {hosts} 台 + クライアント）"),
+    "lab.step_namespaces": ("namespaces and LAN ({hosts} host(s) + client)", "名前空間と LAN（ホスト {hosts} 台 + クライアント）"),
     "lab.step_pki": ("Nebula certificates", "Nebula 証明書"),
     "lab.step_config": ("configuration files", "設定ファイル"),
     "lab.step_gateways_started": ("gateways started", "ゲートウェイを起動"),

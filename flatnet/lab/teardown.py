@@ -24,7 +24,7 @@ from flatnet.lab.progress import Progress, StepTimer, ignore_progress
 from flatnet.lab.state import LabState, read_state
 
 i18n.define({
-    "lab.step_containers": ("containers removed ({count})", "コンテナを削除（{count} 個）"),
+    "lab.step_containers": ("containers removed ({count})", "コンテナーを削除（{count} 個）"),
     "lab.step_processes": ("processes stopped ({count})", "プロセスを停止（{count} 個）"),
     "lab.step_namespaces_deleted": ("namespaces deleted ({count})", "名前空間を削除（{count} 個）"),
     "lab.step_files": ("lab directory removed", "ラボのディレクトリを削除"),

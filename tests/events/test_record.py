@@ -76,8 +76,15 @@ def test_removed_event_round_trips():
     assert record.decode(record.encode(event)) == event
 
 
-def test_non_ascii_hostname_round_trips():
+def test_non_ascii_hostname_is_rejected():
     event = make_event(data={"id": "c1", "ip": "10.100.2.11", "hostname": "café-ü", "hostId": 2})
+
+    with pytest.raises(record.CorruptRecord, match="is not a container name"):
+        record.decode(record.encode(event))
+
+
+def test_dotted_hostname_round_trips():
+    event = make_event(data={"id": "c1", "ip": "10.100.2.11", "hostname": "web.dot_under-1", "hostId": 2})
 
     assert record.decode(record.encode(event)) == event
 
