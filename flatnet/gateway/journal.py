@@ -61,9 +61,9 @@ class StreamOverrun(Exception):
 
 
 class Subscription:
-    def __init__(self, origin: int):
+    def __init__(self, origin: int, limit: int = SUBSCRIBER_QUEUE_EVENTS):
         self.origin = origin
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(SUBSCRIBER_QUEUE_EVENTS)
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(limit)
         self.overrun = False
 
     def offer(self, event: Event) -> None:
@@ -143,8 +143,8 @@ class Journal:
                 subscription.offer(event)
         return outcome
 
-    def subscribe(self, origin: int) -> Subscription:
-        subscription = Subscription(origin)
+    def subscribe(self, origin: int, limit: int = SUBSCRIBER_QUEUE_EVENTS) -> Subscription:
+        subscription = Subscription(origin, limit)
         self._subscriptions.add(subscription)
         return subscription
 

@@ -43,6 +43,12 @@ class Settings(BaseModel):
     ttl: float = Field(300.0, gt=0, description="seconds a silent peer's containers stay routable")
     resync: float = Field(30.0, gt=0, description="seconds between snapshot checks of each peer")
     heartbeat: float = Field(5.0, gt=0, description="seconds between heartbeat frames on an event stream")
+    stream_queue_events: int = Field(
+        10_000, ge=10, description="events a stream may fall behind before it is closed and the follower resumes from the log"
+    )
+    stream_write_timeout: float = Field(
+        10.0, gt=0, description="seconds a stream may wait for its reader before it is closed"
+    )
     upstream_connect_timeout: float = Field(3.0, gt=0)
     upstream_timeout: float = Field(60.0, gt=0)
     peers: tuple[Peer, ...] = ()

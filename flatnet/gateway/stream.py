@@ -9,6 +9,7 @@ that falls too far behind is closed; it reconnects and catches up from disk.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import orjson
@@ -19,6 +20,7 @@ from flatnet.gateway.state import GATEWAY, Gateway
 from flatnet.logs import sync as logger
 
 CONTENT_TYPE = "application/x-ndjson"
+BACKLOG_BATCH_EVENTS = 1000
 
 
 def _query_int(request: web.Request, name: str, low: int, high: int | None) -> int:
@@ -67,34 +69,54 @@ async def serve_events(request: web.Request) -> web.StreamResponse:
             content_type="application/json",
         )
 
-    subscription = gateway.journal.subscribe(origin)
+    subscription = gateway.journal.subscribe(origin, gateway.settings.stream_queue_events)
     task = asyncio.current_task()
     gateway.stream_tasks.add(task)
     response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
     await response.prepare(request)
     peer = request.remote
     logger.info("stream of origin %d opened for %s after seq %d", origin, peer, after)
+    write_timeout = gateway.settings.stream_write_timeout
+
+    async def send(frame: bytes) -> None:
+        # aiohttp's write waits while the socket buffer is full, so a reader
+        # that stops reading holds this stream here; past the timeout it is cut.
+        await asyncio.wait_for(response.write(frame), write_timeout)
+
     try:
         sent = after
-        backlog = await asyncio.to_thread(lambda: list(gateway.journal.log.origin(origin).read(after)))
-        for event in backlog:
-            await response.write(encode(event))
-            sent = event.seq
-        await response.write(heartbeat_frame(gateway, origin))
+        # The backlog is read in batches so that a follower far behind never
+        # makes this gateway hold its whole log in memory.
+        backlog = gateway.journal.log.origin(origin).read(after)
+        while batch := await asyncio.to_thread(lambda: list(itertools.islice(backlog, BACKLOG_BATCH_EVENTS))):
+            for event in batch:
+                await send(encode(event))
+                sent = event.seq
+        await send(heartbeat_frame(gateway, origin))
 
         while True:
             if subscription.overrun:
-                logger.warning("stream of origin %d for %s closed: it fell %d events behind", origin, peer, subscription.queue.qsize())
+                logger.warning(
+                    "stream of origin %d for %s closed: it fell more than %d events behind; it resumes from the log",
+                    origin, peer, subscription.queue.maxsize,
+                )
                 break
             try:
                 event = await asyncio.wait_for(subscription.queue.get(), gateway.settings.heartbeat)
             except TimeoutError:
-                await response.write(heartbeat_frame(gateway, origin))
+                await send(heartbeat_frame(gateway, origin))
                 continue
             if event.seq <= sent:
                 continue
-            await response.write(encode(event))
+            await send(encode(event))
             sent = event.seq
+    except TimeoutError:
+        logger.warning(
+            "stream of origin %d for %s closed: it read nothing for %.0f s; it resumes from the log",
+            origin, peer, write_timeout,
+        )
+        if request.transport is not None:
+            request.transport.abort()
     except ConnectionResetError:
         logger.debug("stream of origin %d for %s closed by the client", origin, peer)
     finally:
