@@ -67,11 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from flatnet.gateway.app import run_gateway
     from flatnet.gateway.settings import load_settings
 
     settings = load_settings(args.config)
-    return run_gateway(settings)
+    return run_gateway(settings, Path(args.config))
 
 
 def _run_install(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import fcntl
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import aiohttp
@@ -23,9 +24,9 @@ from flatnet import logs
 from flatnet.errors import FlatnetError
 from flatnet.events.log import LogError
 from flatnet.gateway import api, proxy
-from flatnet.gateway.follower import follow
+from flatnet.gateway.follower import Followers
 from flatnet.gateway.journal import Journal, next_identity
-from flatnet.gateway.settings import Settings, split_host_port
+from flatnet.gateway.settings import Settings, load_settings, split_host_port
 from flatnet.gateway.state import GATEWAY, Gateway
 from flatnet.logs import gateway as logger
 
@@ -118,8 +119,41 @@ def lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the gateway until ``stop`` is set."""
+async def _reload_peers(gateway: Gateway, followers: Followers, config_path: Path) -> None:
+    """Pick up peers added to or removed from the config file, on SIGHUP.
+
+    Only the peers change without a restart; any other changed setting is
+    reported and left as it was. A config that fails to load changes nothing.
+    """
+    try:
+        new = load_settings(config_path)
+    except FlatnetError as error:
+        logger.error("config reload failed, keeping the running config: %s", error)
+        return
+    old = gateway.settings
+    ignored = sorted(
+        name for name in type(old).model_fields if name != "peers" and getattr(old, name) != getattr(new, name)
+    )
+    if ignored:
+        logger.warning("config reload: %s changed but take effect only after a restart", ", ".join(ignored))
+
+    gateway.settings = old.model_copy(update={"peers": new.peers})
+    added, removed = await followers.match(new.peers)
+    now = time.monotonic()
+    for host_id in added:
+        gateway.liveness.heard(host_id, now)
+    for host_id in removed:
+        # A peer that left is not routed to any more: it expires at once.
+        gateway.peers.pop(host_id, None)
+        gateway.liveness.last_heard.pop(host_id, None)
+    logger.info(
+        "config reloaded: peers now %s (added %s, removed %s)",
+        sorted(peer.host_id for peer in new.peers), added or "none", removed or "none",
+    )
+
+
+async def serve(settings: Settings, stop: asyncio.Event, config_path: Path | None = None) -> None:
+    """Run the gateway until ``stop`` is set; with ``config_path``, SIGHUP reloads its peers."""
     async with contextlib.AsyncExitStack() as stack:
         lock = lock_data_dir(settings.data_dir)
         stack.callback(os.close, lock)
@@ -169,11 +203,25 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         logger.info("serving the API on %s and the proxy on %s", settings.api_listen, settings.proxy_listen)
 
         tasks = [asyncio.create_task(_drain_outbox_periodically(gateway), name="outbox-drain")]
+        followers = Followers(gateway, stream_session)
         for peer in settings.peers:
-            tasks.append(asyncio.create_task(follow(gateway, peer, stream_session), name=f"follower-{peer.host_id}"))
+            followers.start(peer)
+        if config_path is not None:
+            reload_lock = asyncio.Lock()
+
+            async def reload_peers() -> None:
+                async with reload_lock:
+                    await _reload_peers(gateway, followers, config_path)
+
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reload_peers(), name="reload"))
+            )
         try:
             await stop.wait()
         finally:
+            if config_path is not None:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            await followers.stop_all()
             streams = list(gateway.stream_tasks)
             for task in tasks + streams:
                 task.cancel()
@@ -181,15 +229,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             logger.info("gateway of host %d stopping", settings.host_id)
 
 
-def run_gateway(settings: Settings) -> int:
-    """Run the gateway in the foreground until SIGTERM or SIGINT."""
+def run_gateway(settings: Settings, config_path: Path | None = None) -> int:
+    """Run the gateway in the foreground until SIGTERM or SIGINT; SIGHUP reloads the peers."""
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(settings, stop)
+        await serve(settings, stop, config_path)
 
     asyncio.run(main())
     return 0

@@ -17,7 +17,7 @@ import orjson
 from flatnet.events import record
 from flatnet.events.record import CONTAINER_ADDED, Event
 from flatnet.gateway.settings import Peer
-from flatnet.gateway.state import Gateway, PeerState
+from flatnet.gateway.state import Gateway, PeerState, PeerStatus
 from flatnet.logs import sync as logger
 
 BACKOFF_FIRST_SECONDS = 0.2
@@ -110,3 +110,44 @@ def _handle_frame(gateway: Gateway, peer: Peer, line: bytes) -> None:
     gateway.journal.store_replica(event)
     gateway.peers[peer.host_id].remote_head = max(gateway.peers[peer.host_id].remote_head, event.seq)
     gateway.heard(peer.host_id)
+
+
+class Followers:
+    """One follower task per configured peer, changed in place when the peers change."""
+
+    def __init__(self, gateway: Gateway, session: aiohttp.ClientSession):
+        self.gateway = gateway
+        self.session = session
+        self.tasks: dict[int, asyncio.Task] = {}
+        self.urls: dict[int, str] = {}
+
+    def start(self, peer: Peer) -> None:
+        self.gateway.peers.setdefault(peer.host_id, PeerStatus())
+        self.tasks[peer.host_id] = asyncio.create_task(follow(self.gateway, peer, self.session), name=f"follower-{peer.host_id}")
+        self.urls[peer.host_id] = peer.base_url
+
+    async def stop(self, host_id: int) -> None:
+        task = self.tasks.pop(host_id, None)
+        self.urls.pop(host_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def match(self, peers: tuple[Peer, ...]) -> tuple[list[int], list[int]]:
+        """Follow exactly ``peers``: start new ones, stop dropped ones, restart moved ones.
+
+        Returns the host ids added and removed.
+        """
+        wanted = {peer.host_id: peer for peer in peers}
+        removed = [host_id for host_id in self.tasks if host_id not in wanted]
+        added = [host_id for host_id in wanted if host_id not in self.tasks]
+        moved = [h for h, peer in wanted.items() if h in self.urls and self.urls[h] != peer.base_url]
+        for host_id in removed + moved:
+            await self.stop(host_id)
+        for host_id in added + moved:
+            self.start(wanted[host_id])
+        return added, removed
+
+    async def stop_all(self) -> None:
+        for host_id in list(self.tasks):
+            await self.stop(host_id)
