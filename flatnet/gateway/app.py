@@ -152,6 +152,30 @@ async def _reload_peers(gateway: Gateway, followers: Followers, config_path: Pat
     )
 
 
+async def check_host_id_free(settings: Settings, node: str, session: aiohttp.ClientSession) -> None:
+    """Refuse to start when a peer follows another live node under this gateway's host id.
+
+    Two gateways with one host id would each number their own events from 1,
+    and every peer would mix their logs. A node restarting keeps its id in
+    node.json, and a stopped one has no stream open, so neither is refused.
+    """
+    async def ask(peer) -> tuple[object, dict | None]:
+        try:
+            async with session.get(f"{peer.base_url}/api/health", timeout=aiohttp.ClientTimeout(total=2)) as response:
+                return peer, await response.json() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return peer, None
+
+    for peer, health in await asyncio.gather(*(ask(peer) for peer in settings.peers)):
+        seen = ((health or {}).get("peers") or {}).get(str(settings.host_id))
+        if isinstance(seen, dict) and seen.get("state") == "connected" and seen.get("node") not in ("", None, node):
+            raise FlatnetError(
+                f"host id {settings.host_id} is held by node {seen['node']}, which peer {peer.host_id} "
+                f"({peer.base_url}) follows right now; another gateway runs with host_id {settings.host_id}. "
+                f"Stop it, or give this host an unused host_id"
+            )
+
+
 async def serve(settings: Settings, stop: asyncio.Event, config_path: Path | None = None) -> None:
     """Run the gateway until ``stop`` is set; with ``config_path``, SIGHUP reloads its peers."""
     async with contextlib.AsyncExitStack() as stack:
@@ -184,6 +208,7 @@ async def serve(settings: Settings, stop: asyncio.Event, config_path: Path | Non
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=64, keepalive_timeout=30)
         session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector, auto_decompress=False))
         stream_session = await stack.enter_async_context(aiohttp.ClientSession())
+        await check_host_id_free(settings, identity.node, stream_session)
 
         api_socket = bind_socket(settings.api_listen)
         stack.callback(api_socket.close)

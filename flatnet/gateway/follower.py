@@ -102,6 +102,7 @@ def _handle_frame(gateway: Gateway, peer: Peer, line: bytes) -> None:
         status = gateway.peers[peer.host_id]
         status.remote_head = int(frame.get("head", 0))
         status.remote_epoch = int(frame.get("epoch", 0))
+        status.remote_node = str(frame.get("node", ""))
         gateway.heard(peer.host_id)
         return
 

@@ -102,6 +102,7 @@ class PeerHealth(BaseModel):
     expired: bool
     replicaHead: int = Field(description="the last seq of the peer stored here")
     remoteHead: int = Field(description="the peer's head as its last frame said")
+    node: str = Field(description="the node id the peer's last heartbeat carried; empty before the first")
     reconnects: int
     lastError: str
 

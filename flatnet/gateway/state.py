@@ -33,6 +33,7 @@ class PeerStatus:
     last_error: str = ""
     remote_head: int = 0
     remote_epoch: int = 0
+    remote_node: str = ""
 
 
 class Gateway:
@@ -129,6 +130,7 @@ class Gateway:
                 "expired": host_id in expired,
                 "replicaHead": self.journal.head(host_id),
                 "remoteHead": status.remote_head,
+                "node": status.remote_node,
                 "reconnects": status.reconnects,
                 "lastError": status.last_error,
             }
