@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flatnet.events.record import CONTAINER_ADDED, CONTAINER_REMOVED, Event
-from flatnet.registry import Container, Liveness, Outcome, View
+from flatnet.registry import Container, Liveness, Outcome, Tombstone, View, ViewStateError
 
 EARLY = "2026-12-04T10:00:00.000Z"
 LATE = "2026-12-04T11:00:00.000Z"
@@ -282,33 +282,248 @@ def test_heard_again_reports_earlier_expiry():
     assert liveness.remaining(2, now=600.0) == 300.0
 
 
+# Incarnations and tombstones
+
+MIDDAY = "2026-12-04T12:00:00.000Z"
+EVENING = "2026-12-04T18:00:00.000Z"
+
+
+def removed_at(origin: int, seq: int, container_id: str, ts: str, **data) -> Event:
+    payload = {"id": container_id, "reason": "deleted", **data}
+    return Event(origin, seq, ts, "node", 1, f"event-{origin}-{seq}", CONTAINER_REMOVED, 1, payload)
+
+
+def test_late_removal_of_older_instance_leaves_new_one():
+    # podman keeps the id across a restart: the removal names the first
+    # instance, and arrives after the second one was added.
+    view = fold([added(1, 1, "c1", created_at=EARLY), added(1, 2, "c1", created_at=LATE)])
+
+    outcome = view.apply(removed_at(1, 3, "c1", EVENING, createdAt=EARLY))
+
+    assert outcome is Outcome.UNCHANGED
+    assert view.containers["c1"].created_at == LATE
+    assert view.vector == {1: 3}
+
+
+def test_removal_naming_current_instance_removes_it():
+    view = fold([added(1, 1, "c1", created_at=LATE)])
+
+    outcome = view.apply(removed_at(1, 2, "c1", EVENING, createdAt=LATE))
+
+    assert outcome is Outcome.REMOVED
+    assert view.containers == {}
+
+
+def test_removal_older_than_instance_is_ignored():
+    view = fold([added(1, 1, "c1", created_at=LATE)])
+
+    outcome = view.apply(removed_at(1, 2, "c1", EARLY))
+
+    assert outcome is Outcome.UNCHANGED
+    assert "c1" in view.containers
+
+
+def test_add_of_older_instance_does_not_replace_newer():
+    view = fold([added(1, 1, "c1", created_at=LATE, ip="10.100.1.20")])
+
+    outcome = view.apply(added(1, 2, "c1", created_at=EARLY, ip="10.100.1.10"))
+
+    assert outcome is Outcome.UNCHANGED
+    assert view.containers["c1"].ip == "10.100.1.20"
+
+
+def test_removed_instance_leaves_tombstone():
+    view = fold([added(1, 1, "c1", created_at=EARLY), removed_at(1, 2, "c1", MIDDAY)])
+
+    assert view.tombstone(1, "c1") == Tombstone("c1", 1, 2, EARLY, MIDDAY)
+    assert view.tombstone_count() == 1
+
+
+def test_tombstone_stops_late_add_of_removed_instance():
+    view = fold([added(1, 1, "c1", created_at=EARLY), removed_at(1, 2, "c1", MIDDAY)])
+
+    outcome = view.apply(added(1, 3, "c1", created_at=EARLY))
+
+    assert outcome is Outcome.UNCHANGED
+    assert view.containers == {}
+
+
+def test_new_instance_after_tombstone_is_added():
+    view = fold([added(1, 1, "c1", created_at=EARLY), removed_at(1, 2, "c1", MIDDAY)])
+
+    outcome = view.apply(added(1, 3, "c1", created_at=LATE))
+
+    assert outcome is Outcome.ADDED
+    assert view.containers["c1"].created_at == LATE
+    assert view.tombstone(1, "c1") is None
+
+
+def test_prune_drops_old_tombstones_only():
+    view = fold([
+        added(1, 1, "a", created_at=EARLY), added(1, 2, "b", created_at=EARLY),
+        removed_at(1, 3, "a", MIDDAY), removed_at(1, 4, "b", EVENING),
+    ])
+
+    dropped = view.prune_tombstones("2026-12-04T15:00:00.000Z")
+
+    assert dropped == 1
+    assert view.tombstone(1, "a") is None
+    assert view.tombstone(1, "b") is not None
+
+
+def test_removal_before_cutoff_leaves_no_tombstone():
+    # So pruning before or after folding an old removal gives the same view.
+    view = fold([added(1, 1, "a", created_at=EARLY)])
+    view.prune_tombstones("2026-12-04T15:00:00.000Z")
+
+    view.apply(removed_at(1, 2, "a", MIDDAY))
+
+    assert view.tombstone(1, "a") is None
+    assert view.containers == {}
+
+
+def test_cutoff_never_moves_back():
+    view = View()
+    view.prune_tombstones(EVENING)
+
+    assert view.prune_tombstones(MIDDAY) == 0
+    assert view.tombstone_cutoff == EVENING
+
+
+def test_times_in_other_iso_forms_compare_by_instant():
+    view = fold([added(1, 1, "c1", created_at="2026-12-04T11:00:00+01:00")])
+
+    outcome = view.apply(removed_at(1, 2, "c1", "2026-12-04T10:30:00.000Z"))
+
+    assert outcome is Outcome.REMOVED
+
+
+# Lookups
+
+
+def test_lookup_by_address():
+    view = fold([added(1, 1, "c1", ip="10.100.1.10"), added(2, 1, "c2", ip="10.100.2.10")])
+
+    assert [container.id for container in view.at_address("10.100.2.10")] == ["c2"]
+    assert view.at_address("10.100.9.9") == []
+
+
+def test_lookup_by_id():
+    view = fold([added(1, 1, "c1")])
+
+    assert view.container("c1").origin == 1
+    assert view.container("c9") is None
+
+
+def test_lookup_by_name_ignores_case():
+    view = fold([added(1, 1, "c1", hostname="Web")])
+
+    assert [container.id for container in view.named("WEB")] == ["c1"]
+
+
+def test_indexes_follow_replace_and_remove():
+    view = fold([added(1, 1, "c1", hostname="web", ip="10.100.1.10")])
+
+    view.apply(added(1, 2, "c1", hostname="api", ip="10.100.1.11"))
+    assert view.named("web") == []
+    assert view.at_address("10.100.1.10") == []
+    assert [container.seq for container in view.named("api")] == [2]
+
+    view.apply(removed(1, 3, "c1"))
+    assert view.named("api") == []
+    assert view.at_address("10.100.1.11") == []
+
+
+def test_id_announced_by_two_origins_answers_with_newest():
+    view = fold([added(1, 1, "same", created_at=EARLY), added(2, 1, "same", created_at=LATE)])
+
+    assert view.container("same").origin == 2
+    view.apply(removed(2, 2, "same"))
+    assert view.container("same").origin == 1
+    view.apply(removed(1, 2, "same"))
+    assert view.container("same") is None
+
+
+def test_origin_containers_lists_one_origin():
+    view = fold([added(1, 1, "a"), added(2, 1, "b"), added(1, 2, "c")])
+
+    assert sorted(container.id for container in view.origin_containers(1)) == ["a", "c"]
+    assert view.origin_containers(7) == []
+
+
+# State for snapshots
+
+
+def test_state_round_trip_is_equal():
+    view = fold([added(1, 1, "a"), added(2, 1, "b", hostname="db"), removed(1, 2, "a"), added(2, 2, "c")])
+
+    rebuilt = View.from_state(view.export_state(), view.vector)
+
+    assert rebuilt.export_state() == view.export_state()
+    assert rebuilt.containers == view.containers
+    assert rebuilt.named("db") == view.named("db")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"containers": "x"}, "'containers' must be a list"),
+        ({"containers": [{"id": "a"}]}, r"container 0 must be an array of 9 fields \(id, ip, hostname, ports, host_id"),
+        ({"containers": [["a", 10, "web", [80], 1, "t", "eth0", 1, 1]]}, "container 0 field 'ip' must be a str, got 10"),
+        ({"containers": [["a", "10.100.1.10", "web", [0], 1, "t", "eth0", 1, 1]]}, "field 'ports' must list ports 1-65535"),
+        ({"tombstones": [["a", 0, 1, "t", "t"]]}, "tombstone 0 has origin 0 and seq 1"),
+        ({"tombstoneCutoff": "noon"}, "tombstoneCutoff 'noon' must be empty or a time"),
+    ],
+)
+def test_invalid_state_names_the_entry(change, message):
+    state = dict(fold([added(1, 1, "a")]).export_state(), **change)
+
+    with pytest.raises(ViewStateError, match=message):
+        View.from_state(state, {1: 1})
+
+
+def test_state_beyond_vector_is_rejected():
+    view = fold([added(1, 1, "a"), added(1, 2, "b")])
+
+    with pytest.raises(ViewStateError, match="beyond the vector's seq 1 for origin 1"):
+        View.from_state(view.export_state(), {1: 1})
+
+
 # Properties of the fold
 
 
 @st.composite
 def origin_histories(draw):
-    """Draw per-origin event lists in seq order, where each origin adds only its own container ids."""
+    """Draw per-origin event lists in seq order.
+
+    Ids are mostly the origin's own; some are shared by every origin, to
+    check that one origin's events never change what another one added. A
+    re-add of an id is a new instance unless it is older than the current one.
+    """
     histories = {}
     for origin in range(1, draw(st.integers(min_value=1, max_value=3)) + 1):
         operations = draw(
             st.lists(
                 st.tuples(
-                    st.sampled_from(["add", "remove"]),
-                    st.integers(min_value=1, max_value=3),
-                    st.integers(min_value=0, max_value=4),
+                    st.sampled_from(["add", "add", "remove", "remove-instance"]),
+                    st.sampled_from(["own", "own", "shared", "other"]),
+                    st.integers(min_value=0, max_value=3),
                     st.sampled_from(["web", "db", "Web"]),
-                    st.sampled_from([EARLY, LATE]),
+                    st.sampled_from([EARLY, LATE, EVENING]),
+                    st.sampled_from([EARLY, MIDDAY, EVENING]),
                 ),
-                max_size=12,
+                max_size=14,
             )
         )
         events = []
-        for seq, (kind, target_origin, number, hostname, created_at) in enumerate(operations, start=1):
+        for seq, (kind, owner, number, hostname, created_at, ts) in enumerate(operations, start=1):
+            container_id = {"own": f"{origin}-{number}", "shared": f"shared-{number}", "other": f"{origin % 3 + 1}-{number}"}[owner]
             if kind == "add":
-                events.append(added(origin, seq, f"{origin}-{number}", hostname=hostname, created_at=created_at))
+                events.append(added(origin, seq, container_id, hostname=hostname, created_at=created_at))
+            elif kind == "remove":
+                events.append(removed_at(origin, seq, container_id, ts))
             else:
-                # Removes may name another origin's container, which the fold must ignore.
-                events.append(removed(origin, seq, f"{target_origin}-{number}"))
+                events.append(removed_at(origin, seq, container_id, ts, createdAt=created_at))
         histories[origin] = events
     return histories
 
@@ -327,7 +542,20 @@ def interleaved_events(draw):
 
 
 def state(view: View):
-    return view.containers, view.vector
+    """Everything a view holds, indexes included, in comparable form."""
+    names = {name for container in view.containers.values() for name in [container.hostname]}
+    return (
+        view.export_state(),
+        dict(view.vector),
+        dict(view.containers),
+        {name: view.named(name) for name in sorted(names | {"web", "db"})},
+        view.conflicts(),
+    )
+
+
+def brute_force_named(view: View, hostname: str) -> list[Container]:
+    held = [container for origin in view.vector for container in view.origin_containers(origin) if container.hostname == hostname]
+    return sorted(held, key=lambda c: (c.created_at, c.origin, c.id), reverse=True)
 
 
 @given(data=interleaved_events(), split=st.integers(min_value=0))
@@ -342,13 +570,25 @@ def test_split_fold_equals_one_pass(data, split):
     assert state(view) == state(fold(events))
 
 
+@given(data=interleaved_events(), split=st.integers(min_value=0))
+def test_snapshot_plus_later_events_equals_full_fold(data, split):
+    _, events = data
+    split %= len(events) + 1
+    before = fold(events[:split])
+
+    restored = View.from_state(before.export_state(), before.vector)
+    restored.apply_all(events[split:])
+
+    assert state(restored) == state(fold(events))
+
+
 @given(data=interleaved_events(), st_data=st.data())
 def test_redelivered_events_change_nothing(data, st_data):
     # A follower that reconnects, or an outbox drained after a direct
     # delivery, may hand over again any event already applied, in any order.
     _, events = data
     view = fold(events)
-    expected = (dict(view.containers), dict(view.vector))
+    expected = state(view)
 
     again = st_data.draw(st.lists(st.sampled_from(events), max_size=20) if events else st.just([]))
     outcomes = [view.apply(event) for event in again]
@@ -364,3 +604,25 @@ def test_interleaving_of_origins_changes_nothing(data, order):
     order.shuffle(labels)
 
     assert state(fold(interleave(histories, labels))) == state(fold(events))
+
+
+@given(data=interleaved_events())
+def test_bulk_fold_equals_event_fold(data):
+    _, events = data
+    view = View()
+
+    with view.deferred_indexes():
+        view.fold_batches([[event.as_dict() for event in events]])
+
+    assert state(view) == state(fold(events))
+
+
+@given(data=interleaved_events())
+def test_name_index_matches_a_scan(data):
+    _, events = data
+    view = fold(events)
+
+    for hostname in ("web", "db"):
+        assert view.named(hostname) == brute_force_named(view, hostname)
+    for container in view.containers.values():
+        assert container in view.at_address(container.ip)
