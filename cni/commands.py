@@ -1,120 +1,149 @@
-"""ADD, DEL, CHECK and VERSION, built from the config, allocator, store and netlink.
+"""ADD, DEL, CHECK, GC and STATUS, built from the config, allocator, store and netlink.
 
-Each command takes a parsed Request and returns the result as a dict in the
-request's cniVersion, or raises CniError. Nothing here writes to stdout.
+Each command takes a parsed Request and returns its result as a dict in the
+request's cniVersion, or None when it has no output, or raises CniError.
+Nothing here writes to stdout. The gateway's fast path and the in-process path
+both run these functions, so the two give the same results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
-import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from flatnet.cni import handoff, netlink
+from flatnet.cni import faults, handoff, netlink, wanted
 from flatnet.cni.allocator import allocate
 from flatnet.cni.config import NetConf, load_netconf
+from flatnet.cni.handoff import Announcer, RegistryAnnouncer
 from flatnet.cni.spec import (
-    ADDRESS_UNAVAILABLE,
-    INVALID_ENVIRONMENT,
+    CHECK_FAILED,
+    INTERFACE_EXISTS,
+    IO_FAILURE,
     NETLINK_FAILURE,
+    PLUGIN_NOT_AVAILABLE,
     CniError,
     Request,
     shape_result,
-    version_result,
 )
-from flatnet.cni.store import DirectoryStore
+from flatnet.cni.store import DirectoryStore, Reservation
+from flatnet.logs import cni as logger
+
+DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
 
 
-def run(request: Request) -> dict[str, Any] | None:
+def run(request: Request, announcer: Announcer | None = None) -> dict[str, Any] | None:
     """Run the command of ``request``; return its result, or None when there is none."""
-    if request.command == "VERSION":
-        return version_result(request.cni_version)
     conf = load_netconf(request.config)
+    if announcer is None:
+        announcer = RegistryAnnouncer(conf.registry_endpoints, conf.data_dir)
     if request.command == "ADD":
-        return shape_result(request.cni_version, add(request, conf))
+        return shape_result(request.cni_version, add(request, conf, announcer))
     if request.command == "DEL":
-        delete(request, conf)
-        return None
-    check(request, conf)
+        delete(request, conf, announcer)
+    elif request.command == "CHECK":
+        check(request, conf)
+    elif request.command == "GC":
+        gc(request, conf, announcer)
+    elif request.command == "STATUS":
+        status(conf)
     return None
 
 
-def _requested_address(request: Request) -> ipaddress.IPv4Address | None:
-    value = request.args.get("IP")
-    if not value:
-        return None
+class _Undo:
+    """The steps a failing ADD takes back, newest first; each runs even if another fails."""
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.steps: list[tuple[str, Callable[[], object]]] = []
+
+    def push(self, what: str, step: Callable[[], object]) -> None:
+        self.steps.append((what, step))
+
+    def run(self) -> None:
+        for what, step in reversed(self.steps):
+            try:
+                step()
+            except Exception as error:  # noqa: BLE001 - every other step must still run
+                logger.error("ADD %s/%s failed and undoing it failed too: %s: %s",
+                             self.request.container_id, self.request.ifname, what, error)
+
+
+def add(request: Request, conf: NetConf, announcer: Announcer) -> dict[str, Any]:
+    """Attach the container to the host's bridge with an address, and announce it.
+
+    An (id, ifname) that already has an address and whose interface is in
+    place gets that attachment described again, and nothing is touched. A
+    failure at any step undoes what this ADD did: the announcement, the veth
+    and the reservation.
+    """
+    attachment = wanted.from_request(request, conf)
+    undo = _Undo(request)
     try:
-        return ipaddress.IPv4Address(value.split("/")[0])
-    except ValueError:
-        raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS IP={value!r} is not an IPv4 address") from None
+        with DirectoryStore(conf.data_dir) as store:
+            reservation = store.owned_by(request.container_id, request.ifname)
+            held_before = reservation is not None
+            reservation = allocate(
+                store, conf, request.container_id, request.ifname, attachment.address, netns=request.netns
+            )
+        if held_before:
+            existing = _describe_existing(request, conf, reservation)
+            if existing is not None:
+                logger.info("ADD %s/%s repeated: %s is already attached", request.container_id, request.ifname, reservation.address)
+                return existing
+        else:
+            undo.push(f"release {reservation.address}", lambda: _release(conf, request))
+        faults.reach(request, "add:after-reserve")
 
+        address = ipaddress.IPv4Interface(f"{reservation.address}/{conf.subnet.prefixlen}")
+        result = _set_up_interfaces(request, conf, address, attachment.mac, undo)
+        faults.reach(request, "add:after-interfaces")
 
-def _hostname(request: Request) -> str:
-    return request.args.get("K8S_POD_NAME") or request.container_id[:12]
-
-
-def _container_ports(request: Request) -> list[int]:
-    mappings = request.config.get("runtimeConfig", {}).get("portMappings", [])
-    ports = set()
-    for mapping in mappings if isinstance(mappings, list) else []:
-        port = mapping.get("containerPort") if isinstance(mapping, dict) else None
-        if isinstance(port, int) and 0 < port < 65536 and mapping.get("protocol", "tcp") == "tcp":
-            ports.add(port)
-    return sorted(ports)
-
-
-def add(request: Request, conf: NetConf) -> dict[str, Any]:
-    """Attach the container to the host's bridge with a fresh address."""
-    with DirectoryStore(conf.data_dir) as store:
-        held_before = any(
-            existing.container_id == request.container_id and existing.ifname == request.ifname
-            for existing in store.reserved().values()
-        )
-        reservation = allocate(store, conf, request.container_id, request.ifname, _requested_address(request))
-    address = ipaddress.IPv4Interface(f"{reservation.address}/{conf.subnet.prefixlen}")
-
-    try:
-        result = _set_up_interfaces(request, conf, address)
+        change = handoff.added_change({
+            "id": request.container_id,
+            "ip": str(address.ip),
+            "hostname": attachment.hostname,
+            "ports": attachment.ports,
+            "aliases": attachment.aliases,
+            "hostId": conf.host_id,
+            "createdAt": handoff.now_iso(),
+            "ifname": request.ifname,
+        })
+        delivery = _announce(announcer, change)
+        undo.push(f"withdraw change {change.id}", lambda: handoff.withdraw(delivery, announcer))
+        faults.reach(request, "add:after-announce")
     except BaseException:
-        # Undo the reservation so a failed ADD leaves nothing behind; the veth,
-        # if it was made, went with the rollback in _set_up_interfaces. A
-        # repeated ADD got the address an earlier ADD reserved, which may still
-        # be in use, so that one is left for DEL to free.
-        if not held_before:
-            with DirectoryStore(conf.data_dir) as store:
-                store.release(request.container_id, request.ifname)
+        undo.run()
         raise
-
-    change = handoff.added_change({
-        "id": request.container_id,
-        "ip": str(address.ip),
-        "hostname": _hostname(request),
-        "ports": _container_ports(request),
-        "hostId": conf.host_id,
-        "createdAt": handoff.now_iso(),
-        "ifname": request.ifname,
-    })
-    handoff.hand_off(change, conf.registry_endpoints, conf.data_dir)
+    logger.info("ADD %s/%s: %s on %s, announced to %s", request.container_id, request.ifname, address,
+                result["interfaces"][1]["name"], delivery.target)
     return result
 
 
-def _set_up_interfaces(request: Request, conf: NetConf, address: ipaddress.IPv4Interface) -> dict[str, Any]:
-    gateway = ipaddress.IPv4Interface(f"{conf.gateway}/{conf.subnet.prefixlen}")
-    host_netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+def _release(conf: NetConf, request: Request) -> None:
+    with DirectoryStore(conf.data_dir) as store:
+        store.release(request.container_id, request.ifname)
+
+
+def _announce(announcer: Announcer, change) -> handoff.Delivery:
+    try:
+        return announcer.announce(change)
+    except OSError as error:
+        raise CniError(IO_FAILURE, f"failed to record change {change.id} ({change.type}) in the outbox: {error}") from None
+
+
+@contextlib.contextmanager
+def _sockets(request: Request) -> Iterator[tuple[netlink.IPRoute, netlink.IPRoute, int]]:
+    """Netlink sockets in the host's and the container's namespaces, and the host namespace's fd."""
+    host_netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     host = netlink.open_route_socket()
     container = None
-    container_link = None
     try:
         container = netlink.open_route_socket(request.netns)
-        netlink.enable_ip_forwarding()
-        bridge = netlink.ensure_bridge(host, conf.bridge, gateway, conf.mtu)
-        container_link, peer = netlink.create_veth(container, request.ifname, host_netns_fd, conf.mtu)
-        host_link = netlink.attach_to_bridge(host, peer, bridge)
-        netlink.configure_container_interface(container, container_link, address, conf.gateway)
+        yield host, container, host_netns_fd
     except netlink.NetlinkFailure as error:
-        if container is not None and container_link is not None:
-            netlink.delete_link(container, request.ifname)
         raise CniError(NETLINK_FAILURE, str(error)) from None
     finally:
         os.close(host_netns_fd)
@@ -122,71 +151,191 @@ def _set_up_interfaces(request: Request, conf: NetConf, address: ipaddress.IPv4I
         if container is not None:
             container.close()
 
+
+def _set_up_interfaces(
+    request: Request, conf: NetConf, address: ipaddress.IPv4Interface, mac: str | None, undo: _Undo
+) -> dict[str, Any]:
+    gateway = ipaddress.IPv4Interface(f"{conf.gateway}/{conf.subnet.prefixlen}")
+    with _sockets(request) as (host, container, host_netns_fd):
+        netlink.enable_ip_forwarding()
+        bridge = netlink.ensure_bridge(host, conf.bridge, gateway, conf.mtu)
+        try:
+            container_link, peer = netlink.create_veth(container, request.ifname, host_netns_fd, conf.mtu, mac)
+        except netlink.InterfaceExists as error:
+            raise CniError(INTERFACE_EXISTS, f"{error} ({request.netns})", "remove it, or run DEL for the container first") from None
+        netns = request.netns
+        undo.push(f"delete {request.ifname} in {netns}", lambda: _delete_container_interface(netns, request.ifname))
+        faults.reach(request, "add:after-veth")
+        host_link = netlink.attach_to_bridge(host, peer, bridge)
+        netlink.configure_container_interface(container, container_link, address, conf.gateway)
+    return _result(conf, bridge, host_link, container_link, address, request.netns)
+
+
+def _result(
+    conf: NetConf, bridge: netlink.Link, host_link: netlink.Link, container_link: netlink.Link,
+    address: ipaddress.IPv4Interface, netns: str,
+) -> dict[str, Any]:
     return {
         "interfaces": [
             {"name": bridge.name, "mac": bridge.mac},
             {"name": host_link.name, "mac": host_link.mac},
-            {"name": container_link.name, "mac": container_link.mac, "sandbox": request.netns},
+            {"name": container_link.name, "mac": container_link.mac, "sandbox": netns},
         ],
         "ips": [{"address": str(address), "gateway": str(conf.gateway), "interface": 2}],
-        "routes": [{"dst": "0.0.0.0/0", "gw": str(conf.gateway)}],
+        "routes": [{"dst": str(DEFAULT_ROUTE), "gw": str(conf.gateway)}],
         "dns": {},
     }
 
 
-def delete(request: Request, conf: NetConf) -> None:
-    """Detach the container and free its address.
+def _describe_existing(request: Request, conf: NetConf, reservation: Reservation) -> dict[str, Any] | None:
+    """Describe the attachment of an earlier ADD, or return None if its interface is missing.
+
+    Raises when the interface exists but is not that attachment, because
+    changing it could break whatever made it.
+    """
+    address = ipaddress.IPv4Interface(f"{reservation.address}/{conf.subnet.prefixlen}")
+    with _sockets(request) as (host, container, _):
+        container_link = netlink.find_link(container, request.ifname)
+        if container_link is None:
+            return None
+        bridge = netlink.find_link(host, conf.bridge)
+        host_link = netlink.link_by_index(host, container_link.peer_index) if container_link.peer_index else None
+        in_place = (
+            bridge is not None
+            and host_link is not None
+            and host_link.master == bridge.index
+            and address in netlink.addresses(container, container_link)
+        )
+    if not in_place:
+        raise CniError(
+            INTERFACE_EXISTS,
+            f"interface {request.ifname} already exists in {request.netns} but is not attached to {conf.bridge} with {address}",
+            "run DEL for the container, then ADD again",
+        )
+    return _result(conf, bridge, host_link, container_link, address, request.netns)
+
+
+def _delete_container_interface(netns: str, ifname: str) -> str:
+    """Delete ``ifname`` in ``netns`` and return what was found; a missing namespace or interface is no error."""
+    try:
+        container = netlink.open_route_socket(netns)
+    except netlink.NetnsGone:
+        return f"network namespace {netns} is gone"
+    try:
+        return f"deleted {ifname} in {netns}" if netlink.delete_link(container, ifname) else f"{ifname} was already gone from {netns}"
+    finally:
+        container.close()
+
+
+def delete(request: Request, conf: NetConf, announcer: Announcer) -> None:
+    """Detach the container, announce its removal, and free its address.
 
     DEL succeeds when the netns, the interface or the reservation is already
     gone, and when it runs twice: the runtime retries DEL and stops cleaning up
-    the rest of the chain at the first failure.
+    the rest of the chain at the first failure. The removal is announced
+    before the address is freed, so a DEL that stops between the two leaves
+    the reservation for the next DEL, never a registry entry that no DEL removes.
     """
+    found = "no CNI_NETNS given"
     if request.netns:
         try:
-            container = netlink.open_route_socket(request.netns)
-        except netlink.NetnsGone:
-            container = None
+            found = _delete_container_interface(request.netns, request.ifname)
         except netlink.NetlinkFailure as error:
-            print(f"flatnet: DEL could not enter {request.netns}: {error}; releasing the address anyway", file=sys.stderr)
-            container = None
-        if container is not None:
-            try:
-                netlink.delete_link(container, request.ifname)
-            except netlink.NetlinkFailure as error:
-                raise CniError(NETLINK_FAILURE, str(error)) from None
-            finally:
-                container.close()
+            raise CniError(NETLINK_FAILURE, str(error)) from None
+    faults.reach(request, "del:after-interfaces")
 
     with DirectoryStore(conf.data_dir) as store:
-        released = store.release(request.container_id, request.ifname)
-    if released:
-        change = handoff.removed_change(request.container_id, "deleted")
-        handoff.hand_off(change, conf.registry_endpoints, conf.data_dir)
+        held = store.owned_by(request.container_id, request.ifname)
+    if held is None:
+        logger.info("DEL %s/%s: %s; it held no address", request.container_id, request.ifname, found)
+        return
+
+    delivery = _announce(announcer, handoff.removed_change(request.container_id, "deleted"))
+    faults.reach(request, "del:after-announce")
+    with DirectoryStore(conf.data_dir) as store:
+        store.release(request.container_id, request.ifname)
+    faults.reach(request, "del:after-release")
+    logger.info("DEL %s/%s: %s, released %s, announced to %s",
+                request.container_id, request.ifname, found, held.address, delivery.target)
 
 
 def check(request: Request, conf: NetConf) -> None:
-    """Verify that the container still has what ADD gave it."""
+    """Verify that the container still has what ADD gave it, as prevResult describes."""
+    expected = wanted.from_previous_result(request, conf)
     with DirectoryStore(conf.data_dir) as store:
-        held = [r for r in store.reserved().values() if r.container_id == request.container_id and r.ifname == request.ifname]
-    if not held:
-        raise CniError(ADDRESS_UNAVAILABLE, f"container {request.container_id} holds no address on {request.ifname}")
+        held = store.owned_by(request.container_id, request.ifname)
+    if held is None:
+        raise CniError(CHECK_FAILED, f"container {request.container_id} holds no address on {request.ifname}")
+    if held.address != expected.address.ip:
+        raise CniError(CHECK_FAILED, f"container {request.container_id} holds {held.address}, not {expected.address.ip} of prevResult")
 
-    expected = ipaddress.IPv4Interface(f"{held[0].address}/{conf.subnet.prefixlen}")
-    container = netlink.open_route_socket(request.netns)
+    with _sockets(request) as (host, container, _):
+        link = netlink.find_link(container, request.ifname)
+        if link is None:
+            raise CniError(CHECK_FAILED, f"interface {request.ifname} is missing from {request.netns}")
+        if expected.mac and link.mac.lower() != expected.mac.lower():
+            raise CniError(CHECK_FAILED, f"interface {request.ifname} has MAC {link.mac}, not {expected.mac} of prevResult")
+        present = netlink.addresses(container, link)
+        if expected.address not in present:
+            raise CniError(
+                CHECK_FAILED,
+                f"interface {request.ifname} in {request.netns} does not have {expected.address}",
+                f"found {', '.join(map(str, present)) or 'no address'}",
+            )
+        if not netlink.has_route(container, DEFAULT_ROUTE, conf.gateway, link):
+            raise CniError(CHECK_FAILED, f"the default route via {conf.gateway} on {request.ifname} is missing in {request.netns}")
+
+        bridge = netlink.find_link(host, conf.bridge)
+        if bridge is None or bridge.kind != "bridge":
+            raise CniError(CHECK_FAILED, f"bridge {conf.bridge} is missing on the host")
+        peer = netlink.link_by_index(host, link.peer_index) if link.peer_index else None
+        if peer is None or peer.master != bridge.index:
+            raise CniError(CHECK_FAILED, f"the host end of {request.ifname} is not attached to bridge {conf.bridge}")
+        if expected.host_veth and peer.name != expected.host_veth:
+            raise CniError(CHECK_FAILED, f"the host end of {request.ifname} is {peer.name}, not {expected.host_veth} of prevResult")
+
+
+def gc(request: Request, conf: NetConf, announcer: Announcer) -> None:
+    """Free the reservations of every attachment the runtime no longer lists as valid.
+
+    Their namespaces are assumed gone, as the specification allows. GC goes on
+    past a failure and reports every failure at the end.
+    """
+    valid = wanted.valid_attachments(request.config)
+    with DirectoryStore(conf.data_dir) as store:
+        stale = [
+            reservation for reservation in store.reserved().values()
+            if reservation.container_id and (reservation.container_id, reservation.ifname) not in valid
+        ]
+
+    problems = []
+    for reservation in stale:
+        try:
+            _announce(announcer, handoff.removed_change(reservation.container_id, "gc"))
+            with DirectoryStore(conf.data_dir) as store:
+                store.release(reservation.container_id, reservation.ifname)
+        except (OSError, CniError) as error:
+            problems.append(f"{reservation.container_id}/{reservation.ifname} ({reservation.address}): {error}")
+            continue
+        logger.info("GC %s/%s: released %s", reservation.container_id, reservation.ifname, reservation.address)
+    if problems:
+        raise CniError(IO_FAILURE, f"GC freed {len(stale) - len(problems)} of {len(stale)} stale reservations", "; ".join(problems))
+
+
+def status(conf: NetConf) -> None:
+    """Succeed when an ADD could be served now: the data directory works and an address is free."""
     try:
-        present = netlink.container_address(container, request.ifname)
-    finally:
-        container.close()
-    if expected not in present:
+        with DirectoryStore(conf.data_dir) as store:
+            reserved = store.reserved()
+    except OSError as error:
+        raise CniError(PLUGIN_NOT_AVAILABLE, f"data directory {conf.data_dir} is not usable: {error}") from None
+    size = int(conf.range_end) - int(conf.range_start) + 1
+    taken = sum(1 for address in reserved if conf.range_start <= address <= conf.range_end)
+    gateway_inside = conf.range_start <= conf.gateway <= conf.range_end
+    if taken + gateway_inside >= size:
         raise CniError(
-            NETLINK_FAILURE,
-            f"interface {request.ifname} in {request.netns} does not have {expected}",
-            f"found {', '.join(map(str, present)) or 'no address'}",
+            PLUGIN_NOT_AVAILABLE,
+            f"no free address in range {conf.range_start}-{conf.range_end} of {conf.subnet}",
+            "remove containers or widen rangeStart/rangeEnd",
         )
 
-    host = netlink.open_route_socket()
-    try:
-        if netlink.find_link(host, conf.bridge) is None:
-            raise CniError(NETLINK_FAILURE, f"bridge {conf.bridge} is missing on the host")
-    finally:
-        host.close()

@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from flatnet.cni.launcher import DEFAULT_DATA_DIR, SOCKET_NAME
 from flatnet.cni.spec import INVALID_NETWORK_CONFIG, CniError
+from flatnet.cni.store import RELEASE_MEMORY_SECONDS
 
-DEFAULT_DATA_DIR = "/var/lib/flatnet"
 DEFAULT_BRIDGE = "flatnet0"
 # Nebula's default tun MTU: container traffic crosses the overlay unfragmented.
 DEFAULT_MTU = 1300
 FIRST_CONTAINER_HOST = 10
+# The registry's default ttl: peers may route to a released address from a
+# stale cache for that long, so it is not handed out again sooner.
+DEFAULT_REUSE_DELAY_SECONDS = 300.0
+MAX_REUSE_DELAY_SECONDS = RELEASE_MEMORY_SECONDS
 _IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 
 
@@ -38,6 +43,8 @@ class NetConf:
     bridge: str
     mtu: int
     capabilities: dict[str, bool]
+    socket: Path
+    reuse_delay: float
 
 
 def _invalid(key: str, value: Any, rule: str) -> CniError:
@@ -92,8 +99,19 @@ def load_netconf(raw: dict[str, Any]) -> NetConf:
         raise _invalid("mtu", mtu, "must be an integer from 576 to 9000 (Nebula's tun MTU, 1300 by default)")
 
     capabilities = raw.get("capabilities", {})
-    if not isinstance(capabilities, dict):
+    if not isinstance(capabilities, dict) or not all(isinstance(value, bool) for value in capabilities.values()):
         raise _invalid("capabilities", capabilities, "must be an object of capability names to booleans")
+
+    socket = raw.get("socket", f"{data_dir.rstrip('/')}/{SOCKET_NAME}")
+    if not isinstance(socket, str) or not socket.startswith("/") or "\0" in socket:
+        raise _invalid("socket", socket, f"must be the absolute path of the gateway's socket (default <dataDir>/{SOCKET_NAME})")
+
+    reuse_delay = raw.get("reuseDelay", DEFAULT_REUSE_DELAY_SECONDS)
+    if (
+        not isinstance(reuse_delay, (int, float)) or isinstance(reuse_delay, bool)
+        or not 0 <= reuse_delay <= MAX_REUSE_DELAY_SECONDS
+    ):
+        raise _invalid("reuseDelay", reuse_delay, f"must be a number of seconds from 0 to {MAX_REUSE_DELAY_SECONDS:.0f}")
 
     return NetConf(
         name=str(raw.get("name", "flatnet")),
@@ -107,6 +125,8 @@ def load_netconf(raw: dict[str, Any]) -> NetConf:
         bridge=bridge,
         mtu=mtu,
         capabilities=capabilities,
+        socket=Path(socket),
+        reuse_delay=float(reuse_delay),
     )
 
 

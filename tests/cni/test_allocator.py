@@ -15,8 +15,11 @@ from flatnet.cni.store import DirectoryStore, Reservation, ReservationStore
 class MemoryStore:
     """A ReservationStore kept in a dict, for allocator tests without a disk."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: float = 1_000_000.0) -> None:
         self.reservations: dict[IPv4Address, Reservation] = {}
+        self.last: IPv4Address | None = None
+        self.release_times: dict[IPv4Address, float] = {}
+        self.now = now
 
     def reserved(self) -> dict[IPv4Address, Reservation]:
         return dict(self.reservations)
@@ -35,7 +38,17 @@ class MemoryStore:
         ]
         for reservation in released:
             del self.reservations[reservation.address]
+            self.release_times[reservation.address] = self.now
         return released
+
+    def cursor(self) -> IPv4Address | None:
+        return self.last
+
+    def set_cursor(self, address: IPv4Address) -> None:
+        self.last = address
+
+    def released(self) -> dict[IPv4Address, float]:
+        return dict(self.release_times)
 
 
 class RacingStore(MemoryStore):
@@ -74,7 +87,7 @@ def signature(cls: type, name: str) -> inspect.Signature:
 
 
 def test_fake_store_matches_protocol():
-    assert protocol_methods() == ["reserved", "reserve", "release"]
+    assert protocol_methods() == ["reserved", "reserve", "release", "cursor", "set_cursor", "released"]
     for name in protocol_methods():
         assert signature(MemoryStore, name) == signature(ReservationStore, name)
 
@@ -228,14 +241,95 @@ def test_second_interface_gets_own_address():
     assert allocate(store, conf, "c1", "eth1").address == address(11)
 
 
-def test_released_address_is_handed_out_again():
+def test_allocation_continues_after_cursor():
     store = MemoryStore()
     conf = netconf()
     allocate(store, conf, "c1", "eth0")
     allocate(store, conf, "c2", "eth0")
     store.release("c1", "eth0")
 
-    assert allocate(store, conf, "c3", "eth0").address == address(10)
+    assert allocate(store, conf, "c3", "eth0", now=store.now + 10_000).address == address(12)
+
+
+def test_allocation_wraps_around_to_range_start():
+    store = MemoryStore()
+    conf = netconf(rangeStart="10.100.1.10", rangeEnd="10.100.1.12")
+    store.set_cursor(address(12))
+
+    assert allocate(store, conf, "c1", "eth0").address == address(10)
+
+
+def test_cursor_outside_range_starts_at_range_start():
+    store = MemoryStore()
+    store.set_cursor(address(200))
+
+    assert allocate(store, netconf(rangeEnd="10.100.1.20"), "c1", "eth0").address == address(10)
+
+
+def test_recently_released_address_waits_while_others_are_free():
+    store = MemoryStore()
+    conf = netconf(rangeStart="10.100.1.10", rangeEnd="10.100.1.12", reuseDelay=300)
+    allocate(store, conf, "c1", "eth0")
+    store.release("c1", "eth0")
+    store.set_cursor(address(12))
+
+    reservation = allocate(store, conf, "c2", "eth0", now=store.now + 299)
+
+    assert reservation.address == address(11)
+
+
+def test_released_address_is_free_after_reuse_delay():
+    store = MemoryStore()
+    conf = netconf(rangeStart="10.100.1.10", rangeEnd="10.100.1.12", reuseDelay=300)
+    allocate(store, conf, "c1", "eth0")
+    store.release("c1", "eth0")
+    store.set_cursor(address(12))
+
+    reservation = allocate(store, conf, "c2", "eth0", now=store.now + 301)
+
+    assert reservation.address == address(10)
+
+
+def test_only_cooling_addresses_left_gives_oldest_release():
+    store = MemoryStore()
+    conf = netconf(rangeStart="10.100.1.10", rangeEnd="10.100.1.12", reuseDelay=300)
+    for number in range(3):
+        allocate(store, conf, f"c{number}", "eth0")
+    store.release("c1", "eth0")
+    store.now += 5
+    store.release("c0", "eth0")
+
+    reservation = allocate(store, conf, "c9", "eth0", now=store.now + 1)
+
+    assert reservation.address == address(11)
+
+
+def test_requested_address_ignores_reuse_delay():
+    store = MemoryStore()
+    conf = netconf(reuseDelay=300)
+    allocate(store, conf, "c1", "eth0")
+    store.release("c1", "eth0")
+
+    reservation = allocate(store, conf, "c1", "eth0", requested=address(10), now=store.now + 1)
+
+    assert reservation.address == address(10)
+
+
+def test_allocation_moves_cursor_but_request_does_not():
+    store = MemoryStore()
+    conf = netconf()
+    allocate(store, conf, "c1", "eth0")
+    allocate(store, conf, "c2", "eth0", requested=address(50))
+
+    assert store.cursor() == address(10)
+
+
+def test_recorded_netns_is_kept():
+    store = MemoryStore()
+
+    reservation = allocate(store, netconf(), "c1", "eth0", netns="/run/netns/c1")
+
+    assert store.reserved()[reservation.address].netns == "/run/netns/c1"
 
 
 def test_exhausted_range_names_the_range():
@@ -293,7 +387,7 @@ def test_requested_gateway_is_unavailable():
     assert "gateway" in raised.value.msg
 
 
-@pytest.mark.parametrize("requested", ["10.100.1.0", "10.100.1.255", "10.100.2.10", "192.0.2.10"])
+@pytest.mark.parametrize("requested", ["10.100.1.0", "10.100.1.255", "10.100.2.10", "192.0.2.10", "10.100.1.5"])
 def test_requested_address_outside_hosts_is_unavailable(requested):
     store = MemoryStore()
 
@@ -303,6 +397,13 @@ def test_requested_address_outside_hosts_is_unavailable(requested):
     assert raised.value.code == ADDRESS_UNAVAILABLE
     assert requested in raised.value.msg
     assert store.reserved() == {}
+
+
+def test_requested_address_below_range_names_range():
+    with pytest.raises(CniError) as raised:
+        allocate(MemoryStore(), netconf(), "c1", "eth0", requested=address(5))
+
+    assert "10.100.1.10-10.100.1.254" in raised.value.msg
 
 
 def test_requested_address_other_than_held_is_unavailable():

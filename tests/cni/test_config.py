@@ -189,3 +189,44 @@ def test_capabilities_must_be_object():
 
     assert error.code == INVALID_NETWORK_CONFIG
     assert "capabilities" in error.msg
+
+
+def test_socket_defaults_to_data_dir():
+    assert load(dataDir="/srv/flatnet").socket == Path("/srv/flatnet/gateway.sock")
+
+
+def test_explicit_socket_is_kept():
+    assert load(socket="/run/flatnet/gateway.sock").socket == Path("/run/flatnet/gateway.sock")
+
+
+@pytest.mark.parametrize("socket", ["relative.sock", "", 5, None])
+def test_invalid_socket_is_code_7(socket):
+    error = invalid(socket=socket)
+
+    assert error.code == INVALID_NETWORK_CONFIG
+    assert "socket" in error.msg
+    assert repr(socket) in error.msg
+
+
+def test_reuse_delay_defaults_to_registry_ttl():
+    assert load().reuse_delay == 300.0
+
+
+@pytest.mark.parametrize("delay", [0, 1.5, 604800])
+def test_reuse_delay_limits_are_valid(delay):
+    assert load(reuseDelay=delay).reuse_delay == delay
+
+
+@pytest.mark.parametrize("delay", [-1, 604801, "300", True, None, float("nan")])
+def test_invalid_reuse_delay_is_code_7(delay):
+    error = invalid(reuseDelay=delay)
+
+    assert error.code == INVALID_NETWORK_CONFIG
+    assert "reuseDelay" in error.msg
+
+
+def test_capability_values_must_be_booleans():
+    error = invalid(capabilities={"portMappings": "yes"})
+
+    assert error.code == INVALID_NETWORK_CONFIG
+    assert "capabilities" in error.msg

@@ -1,195 +1,55 @@
-"""The real plugin binary, run in throwaway network namespaces.
+"""What the real plugin does in network namespaces, on the fast path and in-process alike.
 
-Every plugin run happens inside a "host" namespace that the fixture creates
-(through nsenter), with further namespaces standing in for containers. Nothing
-is configured in the namespace the tests run in, and the only endpoint the
-plugin is given is 127.0.0.1:9 inside the host namespace, where nothing listens.
+Each test runs once per path (the ``plugin`` fixture), with a data directory of
+its own; see conftest.py for the hosts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import subprocess
-import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from flatnet.cni import spec
-from flatnet.events import outbox
+from flatnet.cni import faults, spec
 from flatnet.events.record import CONTAINER_ADDED, CONTAINER_REMOVED
-from tests.conftest import require_root, skip_or_fail
+from tests.cni.conftest import (
+    BRIDGE,
+    FAST,
+    GATEWAY,
+    HOST_ID,
+    MTU,
+    container_address,
+    ip_json,
+    ipv4_addresses,
+    link_names,
+)
 
 pytestmark = pytest.mark.root
 
-PLUGIN = Path(sys.executable).with_name("flatnet-cni")
-HOST_ID = 7
-GATEWAY = f"10.100.{HOST_ID}.1"
-# Not flatnet's default name or MTU, so the checks prove the config is applied
-# and a bridge leaked into the test runner's namespace would be recognisable.
-BRIDGE = "fntest0"
-MTU = 1400
-PLUGIN_TIMEOUT_SECONDS = 60
-VERSIONS = ["0.4.0", "1.0.0"]
+VERSIONS = ["0.3.1", "0.4.0", "1.0.0"]
 
 
-@dataclasses.dataclass
-class PluginRun:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def document(self) -> dict:
-        """Parse stdout, which must hold exactly one JSON document."""
-        decoder = json.JSONDecoder()
-        text = self.stdout.strip()
-        assert text, f"plugin printed nothing on stdout; stderr: {self.stderr}"
-        document, end = decoder.raw_decode(text)
-        assert text[end:].strip() == "", f"more than one JSON document on stdout: {self.stdout!r}"
-        return document
+def new_id() -> str:
+    return uuid.uuid4().hex
 
 
-def ip_json(*arguments: str):
-    completed = subprocess.run(["ip", "-j", *arguments], capture_output=True, text=True, check=True, timeout=30)
-    return json.loads(completed.stdout or "[]")
-
-
-def ipv4_addresses(netns: str, device: str) -> list[str]:
-    links = ip_json("-n", netns, "-4", "addr", "show", "dev", device)
-    return [f"{entry['local']}/{entry['prefixlen']}" for link in links for entry in link["addr_info"]]
-
-
-def link_names(netns: str) -> list[str]:
-    return [link["ifname"] for link in ip_json("-n", netns, "link", "show")]
-
-
-class PluginHost:
-    """A host namespace with a data directory, and container namespaces on demand."""
-
-    def __init__(self, data_dir: Path):
-        self.name = f"fntest-cni-{uuid.uuid4().hex[:8]}"
-        self.data_dir = data_dir
-        self.namespaces: list[str] = []
-
-    def add_namespace(self, name: str) -> None:
-        subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
-        self.namespaces.append(name)
-
-    def start(self) -> None:
-        self.add_namespace(self.name)
-        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True, timeout=30)
-
-    def container(self) -> str:
-        """Create a container namespace and return its path, as CNI_NETNS carries it."""
-        name = f"fntest-cni-{uuid.uuid4().hex[:8]}"
-        self.add_namespace(name)
-        return f"/run/netns/{name}"
-
-    def remove_container(self, netns: str) -> None:
-        name = Path(netns).name
-        subprocess.run(["ip", "netns", "del", name], check=True, timeout=30)
-        self.namespaces.remove(name)
-
-    def config(self, version: str = "1.0.0", **overrides) -> dict:
-        config = {
-            "cniVersion": version,
-            "name": "flatnet",
-            "type": "flatnet",
-            "hostId": HOST_ID,
-            "ipRange": f"10.100.{HOST_ID}.0/24",
-            "bridge": BRIDGE,
-            "mtu": MTU,
-            "registryEndpoints": ["http://127.0.0.1:9"],
-            "dataDir": str(self.data_dir),
-        }
-        config.update(overrides)
-        return config
-
-    def run(
-        self,
-        command: str,
-        container_id: str = "",
-        netns: str = "",
-        *,
-        version: str = "1.0.0",
-        hostname: str = "",
-        stdin: bytes | None = None,
-        **overrides,
-    ) -> PluginRun:
-        environment = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-            "CNI_COMMAND": command,
-            "CNI_CONTAINERID": container_id,
-            "CNI_NETNS": netns,
-            "CNI_IFNAME": "eth0",
-            "CNI_PATH": str(PLUGIN.parent),
-        }
-        if hostname:
-            environment["CNI_ARGS"] = f"IgnoreUnknown=1;K8S_POD_NAME={hostname}"
-        if stdin is None:
-            stdin = json.dumps(self.config(version, **overrides)).encode()
-        completed = subprocess.run(
-            ["nsenter", f"--net=/run/netns/{self.name}", str(PLUGIN)],
-            input=stdin,
-            capture_output=True,
-            env=environment,
-            timeout=PLUGIN_TIMEOUT_SECONDS,
-        )
-        return PluginRun(completed.returncode, completed.stdout.decode(), completed.stderr.decode())
-
-    def add(self, container_id: str, netns: str, **options) -> dict:
-        run = self.run("ADD", container_id, netns, **options)
-        assert run.returncode == 0, f"ADD of {container_id} failed: {run.stdout} {run.stderr}"
-        return run.document()
-
-    def remove_namespaces(self) -> None:
-        for name in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)
-        self.namespaces.clear()
-
-
-def root_ip_forward() -> str:
-    return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
-
-
-@pytest.fixture
-def host(tmp_path):
-    require_root("the CNI plugin netns tests")
-    if not PLUGIN.is_file():
-        skip_or_fail(f"the plugin console script {PLUGIN} is not installed; run 'pip install -e .' in the venv")
-    forwarding_before = root_ip_forward()
-
-    plugin_host = PluginHost(tmp_path / "data")
-    try:
-        plugin_host.start()
-        yield plugin_host
-    finally:
-        plugin_host.remove_namespaces()
-
-    # The plugin must never have touched the test runner's namespace.
-    assert BRIDGE not in link_names_of_runner()
-    assert root_ip_forward() == forwarding_before
-
-
-def link_names_of_runner() -> list[str]:
-    return [link["ifname"] for link in ip_json("link", "show")]
-
-
-def container_address(result: dict) -> str:
-    return result["ips"][0]["address"]
+def last_change(plugin, container_id: str) -> str | None:
+    changes = [change["type"] for change in plugin.announced() if change["id"] == container_id]
+    return changes[-1] if changes else None
 
 
 # ADD
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_add_result_describes_interfaces(host, version):
-    netns = host.container()
+def test_add_result_describes_interfaces(plugin, version):
+    netns = plugin.container()
 
-    result = host.add("c1", netns, version=version)
+    result = plugin.add(new_id(), netns, version=version)
 
     assert result["cniVersion"] == version
     assert all(interface.get("mac") for interface in result["interfaces"])
@@ -200,8 +60,8 @@ def test_add_result_describes_interfaces(host, version):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_add_result_ips_point_at_container_interface(host, version):
-    result = host.add("c1", host.container(), version=version)
+def test_add_result_ips_point_at_container_interface(plugin, version):
+    result = plugin.add(new_id(), plugin.container(), version=version)
 
     assert len(result["ips"]) == 1
     ip = result["ips"][0]
@@ -209,18 +69,25 @@ def test_add_result_ips_point_at_container_interface(host, version):
     assert ip["gateway"] == GATEWAY
     assert result["interfaces"][ip["interface"]]["name"] == "eth0"
     assert result["interfaces"][ip["interface"]].get("sandbox")
-    if version == "0.4.0":
-        assert ip["version"] == "4"
-    else:
+    if version == "1.0.0":
         assert "version" not in ip
+    else:
+        assert ip["version"] == "4"
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_add_configures_container_eth0(host, version):
-    netns = host.container()
+def test_add_takes_the_path_under_test(plugin):
+    container_id = new_id()
+
+    plugin.add(container_id, plugin.container())
+
+    assert plugin.used_fast_path("ADD", container_id) is (plugin.path == FAST)
+
+
+def test_add_configures_container_eth0(plugin):
+    netns = plugin.container()
     name = Path(netns).name
 
-    result = host.add("c1", netns, version=version)
+    result = plugin.add(new_id(), netns)
 
     assert ipv4_addresses(name, "eth0") == [container_address(result)]
     routes = ip_json("-n", name, "route", "show", "default")
@@ -228,192 +95,463 @@ def test_add_configures_container_eth0(host, version):
     eth0 = ip_json("-n", name, "link", "show", "eth0")[0]
     assert eth0["mtu"] == MTU
     assert "UP" in eth0["flags"]
+    assert eth0["address"] == result["interfaces"][2]["mac"]
 
 
-def test_add_sets_bridge_gateway_and_mtu(host):
-    host.add("c1", host.container())
+def test_add_sets_bridge_gateway_and_mtu(plugin):
+    plugin.add(new_id(), plugin.container())
 
-    bridge = ip_json("-n", host.name, "link", "show", BRIDGE)[0]
-    assert ipv4_addresses(host.name, BRIDGE) == [f"{GATEWAY}/24"]
+    bridge = ip_json("-n", plugin.name, "link", "show", BRIDGE)[0]
+    assert ipv4_addresses(plugin.name, BRIDGE) == [f"{GATEWAY}/24"]
     assert bridge["mtu"] == MTU
     assert "UP" in bridge["flags"]
 
 
-def test_host_veth_is_attached_to_bridge(host):
-    result = host.add("c1", host.container())
+def test_host_veth_is_attached_to_bridge(plugin):
+    result = plugin.add(new_id(), plugin.container())
     host_veth = result["interfaces"][1]["name"]
 
-    link = ip_json("-n", host.name, "link", "show", host_veth)[0]
+    link = ip_json("-n", plugin.name, "link", "show", host_veth)[0]
 
     assert link["master"] == BRIDGE
     assert link["address"] == result["interfaces"][1]["mac"]
 
 
-def test_two_containers_get_different_addresses(host):
-    first = host.add("c1", host.container())
-    second = host.add("c2", host.container())
+def test_two_containers_get_consecutive_addresses(plugin):
+    first = plugin.add(new_id(), plugin.container())
+    second = plugin.add(new_id(), plugin.container())
 
     assert container_address(first) == f"10.100.{HOST_ID}.10/24"
     assert container_address(second) == f"10.100.{HOST_ID}.11/24"
 
 
-def test_add_leaves_change_in_outbox(host):
-    result = host.add("c1", host.container(), hostname="web-1")
+def test_add_announces_container(plugin):
+    container_id = new_id()
 
-    pending = outbox.pending(host.data_dir)
+    result = plugin.add(container_id, plugin.container(), args="IgnoreUnknown=1;K8S_POD_NAME=web-1")
 
-    assert len(pending) == 1
-    change = outbox.read_change(pending[0])
-    assert change.type == CONTAINER_ADDED
-    assert change.data["hostname"] == "web-1"
-    assert change.data["id"] == "c1"
-    assert change.data["ip"] == container_address(result).split("/")[0]
-    assert change.data["hostId"] == HOST_ID
-
-
-def test_repeated_add_keeps_first_address(host):
-    # The second ADD fails because eth0 exists, but it must not free the
-    # address the first ADD gave, or the next container would get it too.
-    netns = host.container()
-    first = host.add("c1", netns)
-
-    repeated = host.run("ADD", "c1", netns)
-    other = host.add("c2", host.container())
-
-    assert repeated.returncode == 1
-    assert repeated.document()["code"] == spec.NETLINK_FAILURE
-    assert ipv4_addresses(Path(netns).name, "eth0") == [container_address(first)]
-    assert container_address(other) != container_address(first)
+    added = [change for change in plugin.announced() if change["id"] == container_id]
+    assert [change["type"] for change in added] == [CONTAINER_ADDED]
+    assert added[0]["hostname"] == "web-1"
+    assert added[0]["ip"] == container_address(result).split("/")[0]
+    assert added[0]["hostId"] == HOST_ID
+    assert added[0]["ifname"] == "eth0"
 
 
-def test_check_after_add_exits_zero(host):
-    netns = host.container()
-    host.add("c1", netns)
+def test_ports_and_aliases_are_announced(plugin):
+    container_id = new_id()
+    runtime = {
+        "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}, {"hostPort": 53, "containerPort": 53, "protocol": "udp"}],
+        "aliases": {"flatnet": ["api", "www"], "elsewhere": ["other"]},
+    }
 
-    check = host.run("CHECK", "c1", netns)
+    plugin.add(container_id, plugin.container(), runtimeConfig=runtime)
 
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert check.stdout.strip() == ""
+    added = next(change for change in plugin.announced() if change["id"] == container_id)
+    assert added["ports"] == [80]
+    assert added["aliases"] == ["api", "www"]
+
+
+def test_repeated_add_returns_same_attachment_and_touches_nothing(plugin):
+    container_id, netns = new_id(), plugin.container()
+    first = plugin.add(container_id, netns)
+    reservations = plugin.reservations()
+    veths = plugin.host.host_veths()
+
+    again = plugin.add(container_id, netns)
+
+    assert again == first
+    assert plugin.reservations() == reservations
+    assert plugin.host.host_veths() == veths
+    assert [change["type"] for change in plugin.announced() if change["id"] == container_id] == [CONTAINER_ADDED]
+
+
+def test_add_over_foreign_interface_fails_and_frees_address(plugin):
+    netns = plugin.container()
+    subprocess.run(["ip", "-n", Path(netns).name, "link", "add", "eth0", "type", "veth", "peer", "name", "other0"], check=True)
+    container_id = new_id()
+
+    run = plugin.run("ADD", container_id, netns)
+
+    assert run.returncode == 1
+    assert run.document()["code"] == spec.INTERFACE_EXISTS
+    assert "eth0" in run.document()["msg"]
+    assert container_id not in plugin.reservations()
+    assert last_change(plugin, container_id) != CONTAINER_ADDED
+
+
+def test_requested_ip_is_given_exactly(plugin):
+    netns = plugin.container()
+
+    result = plugin.add(new_id(), netns, args=f"IgnoreUnknown=1;IP=10.100.{HOST_ID}.50")
+
+    assert container_address(result) == f"10.100.{HOST_ID}.50/24"
+    assert ipv4_addresses(Path(netns).name, "eth0") == [f"10.100.{HOST_ID}.50/24"]
+
+
+def test_requested_ip_held_by_another_fails(plugin):
+    holder = new_id()
+    plugin.add(holder, plugin.container(), args=f"IP=10.100.{HOST_ID}.50")
+    container_id, netns = new_id(), plugin.container()
+
+    run = plugin.run("ADD", container_id, netns, args=f"IP=10.100.{HOST_ID}.50")
+
+    assert run.returncode == 1
+    assert run.document()["code"] == spec.ADDRESS_UNAVAILABLE
+    assert f"10.100.{HOST_ID}.50" in run.document()["msg"]
+    assert holder in run.document()["msg"]
+    assert "eth0" not in link_names(Path(netns).name)
+    assert container_id not in plugin.reservations()
+
+
+@pytest.mark.parametrize("requested", ["10.100.7.5", "10.100.8.20", "10.100.7.1"])
+def test_requested_ip_outside_range_fails(plugin, requested):
+    run = plugin.run("ADD", new_id(), plugin.container(), args=f"IP={requested}")
+
+    assert run.returncode == 1
+    assert run.document()["code"] == spec.ADDRESS_UNAVAILABLE
+    assert requested in run.document()["msg"]
+    assert plugin.reservations() == {}
+
+
+def test_requested_mac_is_given_exactly(plugin):
+    netns = plugin.container()
+
+    result = plugin.add(new_id(), netns, args="MAC=02:fa:17:00:00:2a")
+
+    assert result["interfaces"][2]["mac"] == "02:fa:17:00:00:2a"
+    assert ip_json("-n", Path(netns).name, "link", "show", "eth0")[0]["address"] == "02:fa:17:00:00:2a"
+
+
+def test_invalid_mac_fails_before_any_change(plugin):
+    run = plugin.run("ADD", new_id(), plugin.container(), args="MAC=01:00:5e:00:00:01")
+
+    assert run.returncode == 1
+    assert run.document()["code"] == spec.INVALID_ENVIRONMENT
+    assert "01:00:5e:00:00:01" in run.document()["msg"]
+    assert plugin.reservations() == {}
+
+
+@pytest.mark.parametrize("point", faults.ADD_POINTS)
+def test_failed_add_undoes_everything(plugin, point):
+    container_id, netns = new_id(), plugin.container()
+    veths = plugin.host.host_veths()
+
+    run = plugin.run("ADD", container_id, netns, fault=f"{point}:fail")
+
+    assert run.returncode == 1
+    assert point in run.document()["msg"]
+    assert container_id not in plugin.reservations()
+    assert "eth0" not in link_names(Path(netns).name)
+    assert plugin.host.host_veths() == veths
+    assert last_change(plugin, container_id) in (None, CONTAINER_REMOVED)
+    plugin.delete(container_id, netns)
+
+
+def test_add_into_missing_netns_frees_address(plugin):
+    failed = plugin.run("ADD", new_id(), f"/run/netns/fntest-cni-missing-{uuid.uuid4().hex[:8]}")
+    later = plugin.add(new_id(), plugin.container(), reuseDelay=0)
+
+    assert failed.returncode == 1
+    assert failed.document()["code"] == spec.NETLINK_FAILURE
+    assert container_address(later) == f"10.100.{HOST_ID}.11/24"
+    assert len(plugin.reservations()) == 1
+
+
+def test_exhausted_range_names_the_range(plugin):
+    single = {"rangeStart": f"10.100.{HOST_ID}.10", "rangeEnd": f"10.100.{HOST_ID}.10"}
+    plugin.add(new_id(), plugin.container(), **single)
+
+    run = plugin.run("ADD", new_id(), plugin.container(), **single)
+
+    assert run.returncode == 1
+    assert run.document()["code"] == spec.ADDRESSES_EXHAUSTED
+    assert f"10.100.{HOST_ID}.10-10.100.{HOST_ID}.10" in run.document()["msg"]
+
+
+# Addresses over time
+
+
+def test_cursor_survives_plugin_processes(plugin):
+    container_id, netns = new_id(), plugin.container()
+    plugin.add(container_id, netns, reuseDelay=0)
+    plugin.delete(container_id, netns, reuseDelay=0)
+
+    later = plugin.add(new_id(), plugin.container(), reuseDelay=0)
+
+    assert container_address(later) == f"10.100.{HOST_ID}.11/24"
+
+
+def test_released_address_waits_while_others_are_free(plugin):
+    small = {"rangeStart": f"10.100.{HOST_ID}.10", "rangeEnd": f"10.100.{HOST_ID}.12", "reuseDelay": 2}
+    ids = [new_id() for _ in range(3)]
+    spaces = [plugin.container() for _ in ids]
+    for container_id, netns in zip(ids, spaces):
+        plugin.add(container_id, netns, **small)
+    plugin.delete(ids[1], spaces[1], **small)
+    # .11 now was released longer than reuseDelay ago; .10 is released just now.
+    time.sleep(2.5)
+    plugin.delete(ids[0], spaces[0], **small)
+
+    later = plugin.add(new_id(), plugin.container(), **small)
+
+    assert container_address(later) == f"10.100.{HOST_ID}.11/24"
+
+
+def test_only_recently_released_addresses_left_are_given_out(plugin):
+    small = {"rangeStart": f"10.100.{HOST_ID}.10", "rangeEnd": f"10.100.{HOST_ID}.10"}
+    container_id, netns = new_id(), plugin.container()
+    plugin.add(container_id, netns, **small)
+    plugin.delete(container_id, netns, **small)
+
+    later = plugin.add(new_id(), plugin.container(), **small)
+
+    assert container_address(later) == f"10.100.{HOST_ID}.10/24"
 
 
 # DEL
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_del_frees_address_for_next_add(host, version):
-    netns = host.container()
-    first = host.add("c1", netns, version=version)
+def test_del_frees_address_and_interface(plugin, version):
+    container_id, netns = new_id(), plugin.container()
+    plugin.add(container_id, netns, version=version)
 
-    deleted = host.run("DEL", "c1", netns, version=version)
-    second = host.add("c2", host.container(), version=version)
+    deleted = plugin.run("DEL", container_id, netns, version=version)
 
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
-    assert deleted.stdout.strip() == ""
+    assert deleted.stdout == ""
     assert "eth0" not in link_names(Path(netns).name)
-    assert container_address(second) == container_address(first)
+    assert container_id not in plugin.reservations()
 
 
-def test_repeated_del_exits_zero(host):
-    netns = host.container()
-    host.add("c1", netns)
+def test_del_with_prev_result_succeeds(plugin):
+    container_id, netns = new_id(), plugin.container()
+    result = plugin.add(container_id, netns)
 
-    first = host.run("DEL", "c1", netns)
-    second = host.run("DEL", "c1", netns)
+    plugin.delete(container_id, netns, prevResult=result)
 
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert second.stdout.strip() == ""
+    assert container_id not in plugin.reservations()
 
 
-def test_del_after_netns_gone_frees_address(host):
-    netns = host.container()
-    first = host.add("c1", netns)
-    host.remove_container(netns)
+def test_repeated_del_exits_zero(plugin):
+    container_id, netns = new_id(), plugin.container()
+    plugin.add(container_id, netns)
 
-    deleted = host.run("DEL", "c1", netns)
-    second = host.add("c2", host.container())
+    plugin.delete(container_id, netns)
+    plugin.delete(container_id, netns)
 
-    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
-    assert deleted.stdout.strip() == ""
-    assert container_address(second) == container_address(first)
+    removals = [change for change in plugin.announced() if change["id"] == container_id and change["type"] == CONTAINER_REMOVED]
+    assert len(removals) == 1
 
 
-def test_del_without_netns_frees_address(host):
-    first = host.add("c1", host.container())
+def test_del_after_netns_gone_frees_address(plugin):
+    container_id, netns = new_id(), plugin.container()
+    plugin.add(container_id, netns)
+    plugin.remove_container(netns)
 
-    deleted = host.run("DEL", "c1", "")
-    second = host.add("c2", host.container())
+    plugin.delete(container_id, netns)
 
-    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
-    assert container_address(second) == container_address(first)
+    assert container_id not in plugin.reservations()
+    assert "is gone" in (plugin.data_dir / "cni.log").read_text()
 
 
-def test_del_leaves_removal_in_outbox(host):
-    netns = host.container()
-    host.add("c1", netns)
+def test_del_without_netns_frees_address(plugin):
+    container_id = new_id()
+    plugin.add(container_id, plugin.container())
 
-    host.run("DEL", "c1", netns)
+    plugin.delete(container_id, "")
 
-    changes = [outbox.read_change(path) for path in outbox.pending(host.data_dir)]
-    assert [change.type for change in changes] == [CONTAINER_ADDED, CONTAINER_REMOVED]
-    assert changes[1].data["id"] == "c1"
+    assert container_id not in plugin.reservations()
+
+
+def test_del_of_unknown_container_frees_nothing(plugin):
+    holder = new_id()
+    plugin.add(holder, plugin.container())
+    stranger = new_id()
+
+    plugin.delete(stranger, plugin.container())
+
+    assert holder in plugin.reservations()
+    assert last_change(plugin, stranger) is None
+
+
+def test_del_of_other_interface_frees_nothing(plugin):
+    container_id, netns = new_id(), plugin.container()
+    plugin.add(container_id, netns, ifname="eth0")
+
+    plugin.delete(container_id, netns, ifname="eth1")
+
+    assert "eth0" in link_names(Path(netns).name)
+    assert container_id in plugin.reservations()
+    assert last_change(plugin, container_id) == CONTAINER_ADDED
+
+
+def test_del_announces_removal(plugin):
+    container_id, netns = new_id(), plugin.container()
+    plugin.add(container_id, netns)
+
+    plugin.delete(container_id, netns)
+
+    assert last_change(plugin, container_id) == CONTAINER_REMOVED
+
+
+# CHECK
+
+
+def test_check_after_add_passes(plugin):
+    container_id, netns = new_id(), plugin.container()
+    result = plugin.add(container_id, netns)
+
+    check = plugin.run("CHECK", container_id, netns, prevResult=result)
+
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout == ""
+
+
+def test_check_without_prev_result_is_code_7(plugin):
+    container_id, netns = new_id(), plugin.container()
+    plugin.add(container_id, netns)
+
+    check = plugin.run("CHECK", container_id, netns)
+
+    assert check.returncode == 1
+    assert check.document()["code"] == spec.INVALID_NETWORK_CONFIG
+    assert "prevResult" in check.document()["msg"]
+
+
+def test_check_notices_missing_address(plugin):
+    container_id, netns = new_id(), plugin.container()
+    result = plugin.add(container_id, netns)
+    subprocess.run(["ip", "-n", Path(netns).name, "addr", "flush", "dev", "eth0"], check=True)
+
+    check = plugin.run("CHECK", container_id, netns, prevResult=result)
+
+    assert check.returncode == 1
+    assert check.document()["code"] == spec.CHECK_FAILED
+    assert container_address(result) in check.document()["msg"]
+
+
+def test_check_notices_changed_mac(plugin):
+    container_id, netns = new_id(), plugin.container()
+    result = plugin.add(container_id, netns)
+    subprocess.run(["ip", "-n", Path(netns).name, "link", "set", "eth0", "address", "02:00:00:00:0b:0b"], check=True)
+
+    check = plugin.run("CHECK", container_id, netns, prevResult=result)
+
+    assert check.returncode == 1
+    assert check.document()["code"] == spec.CHECK_FAILED
+    assert "02:00:00:00:0b:0b" in check.document()["msg"]
+
+
+def test_check_notices_missing_reservation(plugin):
+    container_id, netns = new_id(), plugin.container()
+    result = plugin.add(container_id, netns)
+    plugin.delete(container_id, "")
+
+    check = plugin.run("CHECK", container_id, netns, prevResult=result)
+
+    assert check.returncode == 1
+    assert check.document()["code"] == spec.CHECK_FAILED
+    assert "holds no address" in check.document()["msg"]
+
+
+# GC and STATUS (CNI 1.1)
+
+
+def test_gc_frees_attachments_not_listed(plugin):
+    kept, stale = new_id(), new_id()
+    plugin.add(kept, plugin.container(), version="1.1.0")
+    plugin.add(stale, plugin.container(), version="1.1.0")
+    valid = [{"containerID": kept, "ifname": "eth0"}]
+
+    run = plugin.run("GC", version="1.1.0", **{"cni.dev/valid-attachments": valid})
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout == ""
+    assert list(plugin.reservations()) == [kept]
+    assert last_change(plugin, stale) == CONTAINER_REMOVED
+    assert last_change(plugin, kept) == CONTAINER_ADDED
+
+
+def test_gc_reads_the_older_key(plugin):
+    stale = new_id()
+    plugin.add(stale, plugin.container(), version="1.1.0")
+
+    run = plugin.run("GC", version="1.1.0", **{"cni.dev/attachments": []})
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert plugin.reservations() == {}
+
+
+def test_gc_without_attachment_list_frees_nothing(plugin):
+    kept = new_id()
+    plugin.add(kept, plugin.container(), version="1.1.0")
+
+    run = plugin.run("GC", version="1.1.0")
+
+    assert run.returncode == 1
+    assert run.document()["code"] == spec.INVALID_NETWORK_CONFIG
+    assert list(plugin.reservations()) == [kept]
+
+
+def test_status_is_ready_with_free_address(plugin):
+    run = plugin.run("STATUS", version="1.1.0")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout == ""
+
+
+def test_status_without_free_address_is_code_50(plugin):
+    single = {"rangeStart": f"10.100.{HOST_ID}.10", "rangeEnd": f"10.100.{HOST_ID}.10"}
+    plugin.add(new_id(), plugin.container(), version="1.1.0", **single)
+
+    run = plugin.run("STATUS", version="1.1.0", **single)
+
+    assert run.returncode == 1
+    assert run.document()["code"] == spec.PLUGIN_NOT_AVAILABLE
+    assert f"10.100.{HOST_ID}.10-10.100.{HOST_ID}.10" in run.document()["msg"]
 
 
 # VERSION and errors
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_version_lists_supported_versions(host, version):
-    run = host.run("VERSION", stdin=json.dumps({"cniVersion": version}).encode())
+@pytest.mark.parametrize("version", VERSIONS + ["1.1.0"])
+def test_version_lists_supported_versions(plugin, version):
+    run = plugin.run("VERSION", stdin=json.dumps({"cniVersion": version}).encode())
 
-    document = run.document()
     assert run.returncode == 0
-    assert document["cniVersion"] == version
-    assert "0.4.0" in document["supportedVersions"]
-    assert "1.0.0" in document["supportedVersions"]
+    assert run.document() == {"cniVersion": version, "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
 
 
-def test_ip_range_of_other_host_is_code_7(host):
-    run = host.run("ADD", "c1", host.container(), ipRange="10.100.8.0/24")
+def test_ip_range_of_other_host_is_code_7(plugin):
+    run = plugin.run("ADD", new_id(), plugin.container(), ipRange="10.100.8.0/24")
 
     document = run.document()
     assert run.returncode == 1
     assert document["code"] == spec.INVALID_NETWORK_CONFIG
     assert "10.100.8.0/24" in document["msg"]
     assert f"hostId {HOST_ID}" in document["msg"]
-    assert BRIDGE not in link_names(host.name)
 
 
-def test_unsupported_cni_version_is_code_1(host):
-    run = host.run("ADD", "c1", host.container(), version="9.9.9")
+def test_unsupported_cni_version_is_code_1(plugin):
+    run = plugin.run("ADD", new_id(), plugin.container(), version="9.9.9")
 
-    document = run.document()
     assert run.returncode == 1
-    assert document["code"] == spec.INCOMPATIBLE_VERSION
-    assert "9.9.9" in document["msg"]
+    assert run.document()["code"] == spec.INCOMPATIBLE_VERSION
+    assert "9.9.9" in run.document()["msg"]
 
 
-def test_invalid_json_is_code_6(host):
-    run = host.run("ADD", "c1", host.container(), stdin=b'{"cniVersion": "1.0.0",')
+def test_invalid_json_is_code_6(plugin):
+    run = plugin.run("ADD", new_id(), plugin.container(), stdin=b'{"cniVersion": "1.0.0",')
 
-    document = run.document()
     assert run.returncode == 1
-    assert document["code"] == spec.DECODE_FAILURE
+    assert run.document()["code"] == spec.DECODE_FAILURE
 
 
-def test_missing_netns_on_add_is_code_4(host):
-    run = host.run("ADD", "c1", "")
+def test_missing_netns_on_add_is_code_4(plugin):
+    run = plugin.run("ADD", new_id(), "")
 
-    document = run.document()
     assert run.returncode == 1
-    assert document["code"] == spec.INVALID_ENVIRONMENT
-    assert "CNI_NETNS" in document["msg"]
-
-
-def test_add_into_missing_netns_frees_address(host):
-    failed = host.run("ADD", "c1", f"/run/netns/fntest-cni-missing-{uuid.uuid4().hex[:8]}")
-    later = host.add("c2", host.container())
-
-    assert failed.returncode == 1
-    assert failed.document()["code"] == spec.NETLINK_FAILURE
-    assert container_address(later) == f"10.100.{HOST_ID}.10/24"
+    assert run.document()["code"] == spec.INVALID_ENVIRONMENT
+    assert "CNI_NETNS" in run.document()["msg"]

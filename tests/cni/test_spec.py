@@ -1,9 +1,11 @@
-import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from flatnet.cni import launcher, spec
+from flatnet.cni import dispatch, launcher, spec
 from flatnet.cni.spec import CniError
 
 CONFIG = json.dumps({"cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet", "hostId": 1}).encode()
@@ -83,19 +85,29 @@ def test_json_array_is_code_6():
     assert raised.value.code == spec.DECODE_FAILURE
 
 
-@pytest.mark.parametrize("version", ["0.2.0", "1.1.0", "2.0.0", None, 1])
+@pytest.mark.parametrize("version", ["0.2.0", "1.2.0", "2.0.0", None, 1])
 def test_unsupported_version_is_code_1(version):
     with pytest.raises(CniError) as raised:
-        spec.parse_config(json.dumps({"cniVersion": version}).encode())
+        spec.parse_config(json.dumps({"cniVersion": version, "name": "flatnet"}).encode())
 
     assert raised.value.code == spec.INCOMPATIBLE_VERSION
     assert repr(version) in raised.value.msg
     assert "1.0.0" in raised.value.details
 
 
-@pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0", "1.0.0"])
+@pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
 def test_supported_version_is_accepted(version):
-    assert spec.parse_config(json.dumps({"cniVersion": version}).encode())["cniVersion"] == version
+    assert spec.parse_config(json.dumps({"cniVersion": version, "name": "flatnet"}).encode())["cniVersion"] == version
+
+
+@pytest.mark.parametrize("name", [None, "", "-dash", "has space", 7])
+def test_invalid_network_name_is_code_7(name):
+    with pytest.raises(CniError) as raised:
+        spec.parse_config(json.dumps({"cniVersion": "1.0.0", "name": name}).encode())
+
+    assert raised.value.code == spec.INVALID_NETWORK_CONFIG
+    assert "name" in raised.value.msg
+    assert repr(name) in raised.value.msg
 
 
 # Environment
@@ -114,13 +126,41 @@ def test_add_request_is_parsed():
     assert request.cni_version == "1.0.0"
 
 
-@pytest.mark.parametrize("command", ["", "add", "GC", "STATUS", "REMOVE"])
+@pytest.mark.parametrize("command", ["", "add", "gc", "REMOVE"])
 def test_unsupported_command_is_code_4(command):
     error = request_error(dict(ADD_ENVIRONMENT, CNI_COMMAND=command))
 
     assert error.code == spec.INVALID_ENVIRONMENT
     assert "CNI_COMMAND" in error.msg
     assert repr(command) in error.msg
+
+
+@pytest.mark.parametrize(("command", "version", "first"), [
+    ("CHECK", "0.3.1", "0.4.0"), ("GC", "1.0.0", "1.1.0"), ("STATUS", "0.4.0", "1.1.0"),
+])
+def test_command_newer_than_config_is_code_1(command, version, first):
+    config = json.dumps({"cniVersion": version, "name": "flatnet"}).encode()
+
+    error = request_error(dict(ADD_ENVIRONMENT, CNI_COMMAND=command), config)
+
+    assert error.code == spec.INCOMPATIBLE_VERSION
+    assert command in error.msg
+    assert first in error.details
+
+
+@pytest.mark.parametrize("command", ["GC", "STATUS"])
+def test_gc_and_status_need_no_container_environment(command):
+    config = json.dumps({"cniVersion": "1.1.0", "name": "flatnet"}).encode()
+
+    request = spec.parse_request({"CNI_COMMAND": command}, config)
+
+    assert request.command == command
+
+
+def test_fault_hook_is_read_from_environment():
+    environment = dict(ADD_ENVIRONMENT, FLATNET_CNI_FAULT="add:after-reserve:kill")
+
+    assert spec.parse_request(environment, CONFIG).fault == "add:after-reserve:kill"
 
 
 def test_version_needs_no_container_environment():
@@ -182,11 +222,14 @@ def test_unknown_command_is_reported_before_bad_config():
 
 
 def test_version_result_lists_supported_versions():
-    result = spec.version_result("0.4.0")
+    result = spec.version_result({"cniVersion": "0.4.0"})
 
     assert result["cniVersion"] == "0.4.0"
-    assert "0.4.0" in result["supportedVersions"]
-    assert "1.0.0" in result["supportedVersions"]
+    assert result["supportedVersions"] == ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+
+
+def test_version_result_for_unknown_version_names_newest():
+    assert spec.version_result({"cniVersion": "9.9.9"})["cniVersion"] == "1.1.0"
 
 
 def test_result_1_0_0_omits_ip_version():
@@ -195,6 +238,12 @@ def test_result_1_0_0_omits_ip_version():
     assert shaped["cniVersion"] == "1.0.0"
     assert all("version" not in ip for ip in shaped["ips"])
     assert shaped["interfaces"] == RESULT["interfaces"]
+
+
+def test_result_1_1_0_has_1_0_0_shape():
+    shaped = spec.shape_result("1.1.0", RESULT)
+
+    assert shaped == dict(RESULT, cniVersion="1.1.0")
 
 
 @pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0"])
@@ -225,38 +274,135 @@ def test_error_with_details_includes_them():
     assert error.as_dict("1.0.0")["details"] == "line 1"
 
 
-# Launcher, for commands that never reach netlink
+# Launcher and dispatch, for commands that never reach netlink
 
 
-def run_launcher(monkeypatch, environment: dict[str, str], stdin: bytes) -> tuple[int, str]:
-    for name in ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    stdout = io.StringIO()
-    monkeypatch.setattr("sys.stdout", stdout)
+def test_launcher_version_prints_one_document():
+    stdout, code = launcher.respond({b"CNI_COMMAND": b"VERSION"}, b'{"cniVersion": "1.0.0"}')
 
-    exit_code = 0
-    try:
-        launcher.main()
-    except SystemExit as exit:
-        exit_code = exit.code
-    return exit_code, stdout.getvalue()
+    assert code == 0
+    assert json.loads(stdout) == {"cniVersion": "1.0.0", "supportedVersions": list(spec.SUPPORTED_VERSIONS)}
 
 
-def test_launcher_version_prints_one_document(monkeypatch):
-    exit_code, stdout = run_launcher(monkeypatch, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}')
+@pytest.mark.parametrize("stdin", [b"{", b"", b"[]", b'{"cniVersion": "7.0.0"}'])
+def test_launcher_version_answers_any_stdin(stdin):
+    stdout, code = launcher.respond({b"CNI_COMMAND": b"VERSION"}, stdin)
+
+    assert code == 0
+    assert json.loads(stdout) == spec.version_result({})
+
+
+def test_launcher_matches_spec_for_every_version():
+    for version in spec.SUPPORTED_VERSIONS:
+        stdout, _ = launcher.respond({b"CNI_COMMAND": b"VERSION"}, json.dumps({"cniVersion": version}).encode())
+
+        assert json.loads(stdout) == spec.version_result({"cniVersion": version})
+
+
+@pytest.mark.parametrize("stdin", [b'{"cniVersion": "1.0.0", "name": "x"}', b' {"a": [1, 2.5, true, null, "\\u00e9"]} \n'])
+def test_launcher_decodes_config_as_json_does(stdin):
+    assert launcher.decode_config(stdin) == json.loads(stdin)
+
+
+@pytest.mark.parametrize("stdin", [b"{", b"[]", b'{"a": 1} x', b"\xff", b'{"a": NaN}'])
+def test_launcher_rejects_what_is_not_one_object(stdin):
+    assert launcher.decode_config(stdin) is None
+
+
+def test_socket_path_defaults_to_data_dir():
+    assert launcher.socket_path({"dataDir": "/srv/flatnet/"}) == "/srv/flatnet/gateway.sock"
+    assert launcher.socket_path({}) == "/var/lib/flatnet/gateway.sock"
+    assert launcher.socket_path({"dataDir": "/srv", "socket": "/run/fn.sock"}) == "/run/fn.sock"
+
+
+def test_request_encoding_round_trips():
+    environment = {"CNI_COMMAND": "ADD", "CNI_ARGS": "A=1;B=2=3"}
+    request = launcher.encode_request(environment, b'{"x": 1}')
+
+    header, _, body = request.partition(b"\n")
+    magic, sizes = header[:len(launcher.PROTOCOL_MAGIC)], header[len(launcher.PROTOCOL_MAGIC):].split()
+    block, stdin = body[:int(sizes[0])], body[int(sizes[0]):]
+
+    assert magic == launcher.PROTOCOL_MAGIC
+    assert dict(entry.decode().split("=", 1) for entry in block.split(b"\0")) == environment
+    assert stdin == b'{"x": 1}'
+    assert len(stdin) == int(sizes[1])
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    (b"0\n", (b"", 0)), (b"1\n{}", (b"{}", 1)), (b"", None), (b"0", None), (b"x\n", None), (b"1234\n", None),
+])
+def test_reply_decoding(reply, expected):
+    assert launcher.decode_reply(reply) == expected
+
+
+def test_gateway_failure_document_is_one_cni_error():
+    failure = launcher.GatewayFailed('closed "suddenly"')
+
+    document = json.loads(launcher.gateway_failure_document({"cniVersion": "0.4.0"}, "ADD", failure))
+
+    assert document["cniVersion"] == "0.4.0"
+    assert document["code"] == spec.TRY_AGAIN_LATER
+    assert "ADD" in document["msg"]
+    assert document["details"] == 'closed "suddenly"'
+
+
+def test_forwarded_environment_keeps_cni_variables_only():
+    environ = {b"CNI_COMMAND": b"ADD", b"PATH": b"/bin", b"FLATNET_CNI_FAULT": b"x:fail", b"HOME": b"/root"}
+
+    assert launcher.forwarded_environment(environ) == {"CNI_COMMAND": "ADD", "FLATNET_CNI_FAULT": "x:fail"}
+
+
+def test_dispatch_version_matches_launcher():
+    stdout, code = dispatch.execute({"CNI_COMMAND": "VERSION"}, b"{")
+
+    assert (stdout, code) == launcher.respond({b"CNI_COMMAND": b"VERSION"}, b"{")
+
+
+def test_dispatch_bad_json_is_one_error():
+    stdout, code = dispatch.execute({"CNI_COMMAND": "ADD"}, b"{")
 
     document = json.loads(stdout)
-    assert exit_code == 0
-    assert document == {"cniVersion": "1.0.0", "supportedVersions": list(spec.SUPPORTED_VERSIONS)}
-
-
-def test_launcher_bad_json_prints_one_error(monkeypatch):
-    exit_code, stdout = run_launcher(monkeypatch, {"CNI_COMMAND": "VERSION"}, b"{")
-
-    document = json.loads(stdout)
-    assert exit_code == 1
+    assert code == 1
     assert document["code"] == spec.DECODE_FAILURE
     assert document["cniVersion"] == "1.0.0"
+
+
+def test_dispatch_error_carries_config_version():
+    environment = dict(ADD_ENVIRONMENT, CNI_CONTAINERID="")
+    config = json.dumps({"cniVersion": "0.4.0", "name": "flatnet", "hostId": 1}).encode()
+
+    stdout, code = dispatch.execute(environment, config)
+
+    assert code == 1
+    assert json.loads(stdout)["cniVersion"] == "0.4.0"
+    assert json.loads(stdout)["code"] == spec.INVALID_ENVIRONMENT
+
+
+def test_error_document_escapes_any_text():
+    details = 'quote " backslash \\ newline \n accent é'
+
+    document = json.loads(launcher.error_document({"cniVersion": "1.0.0"}, 999, "failed", details))
+
+    assert document == {"cniVersion": "1.0.0", "code": 999, "msg": "failed", "details": details}
+
+
+def test_launcher_failure_prints_one_cni_error(tmp_path):
+    launcher_dir = str(Path(launcher.__file__).parent)
+    probe = (
+        "import sys\n"
+        f"sys.path.insert(0, {launcher_dir!r})\n"
+        "import launcher\n"
+        "launcher.respond = lambda *arguments: 1 / 0\n"
+        "launcher.main()\n"
+    )
+
+    completed = subprocess.run(
+        [sys.executable, "-SI", "-c", probe], input=b'{"cniVersion": "0.4.0"}', capture_output=True, env={"CNI_COMMAND": "ADD"},
+    )
+
+    assert completed.returncode == 1
+    assert json.loads(completed.stdout) == {
+        "cniVersion": "0.4.0", "code": 999, "msg": "the flatnet plugin failed", "details": "ZeroDivisionError: division by zero",
+    }
+    assert b"ZeroDivisionError" in completed.stderr

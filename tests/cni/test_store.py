@@ -2,6 +2,7 @@ import json
 import multiprocessing
 import stat
 import threading
+import time
 from collections import Counter
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -45,7 +46,9 @@ def test_reservation_file_names_owner(tmp_path):
         store.reserve(Reservation(IPv4Address("10.100.1.10"), "c1", "eth0"))
 
     path = tmp_path / "ipam" / "10.100.1.10"
-    assert json.loads(path.read_bytes()) == {"containerId": "c1", "ifname": "eth0"}
+    owner = json.loads(path.read_bytes())
+    assert {key: owner[key] for key in ("containerId", "ifname", "netns")} == {"containerId": "c1", "ifname": "eth0", "netns": ""}
+    assert abs(owner["reservedAt"] - time.time()) < 60
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -146,3 +149,136 @@ def test_parallel_processes_never_share_an_address(tmp_path):
     with DirectoryStore(tmp_path) as store:
         on_disk = {str(address): reservation.container_id for address, reservation in store.reserved().items()}
     assert on_disk == {address: container_id for container_id, address in allocations}
+
+
+# What ADD records, and what reconcile and GC read
+
+
+def test_reservation_records_netns(tmp_path):
+    reservation = Reservation(IPv4Address("10.100.1.10"), "c1", "eth0", "/run/netns/c1")
+    with DirectoryStore(tmp_path) as store:
+        store.reserve(reservation)
+
+    with DirectoryStore(tmp_path) as store:
+        assert store.reserved()[reservation.address].netns == "/run/netns/c1"
+
+
+def test_reservation_without_netns_reads_as_empty(tmp_path):
+    ipam = tmp_path / "ipam"
+    ipam.mkdir()
+    (ipam / "10.100.1.10").write_text('{"containerId": "c1", "ifname": "eth0"}')
+
+    with DirectoryStore(tmp_path) as store:
+        assert store.reserved()[IPv4Address("10.100.1.10")] == Reservation(IPv4Address("10.100.1.10"), "c1", "eth0", "")
+
+
+def test_owned_by_finds_container_interface(tmp_path):
+    with DirectoryStore(tmp_path) as store:
+        store.reserve(Reservation(IPv4Address("10.100.1.10"), "c1", "eth0"))
+        store.reserve(Reservation(IPv4Address("10.100.1.11"), "c1", "eth1"))
+
+        assert store.owned_by("c1", "eth1").address == IPv4Address("10.100.1.11")
+        assert store.owned_by("c2", "eth0") is None
+
+
+def test_leaked_lists_reservations_whose_netns_is_gone(tmp_path):
+    live = tmp_path / "netns-live"
+    live.touch()
+    with DirectoryStore(tmp_path) as store:
+        store.reserve(Reservation(IPv4Address("10.100.1.10"), "alive", "eth0", str(live)))
+        store.reserve(Reservation(IPv4Address("10.100.1.11"), "gone", "eth0", str(tmp_path / "netns-gone")))
+        store.reserve(Reservation(IPv4Address("10.100.1.12"), "unknown", "eth0", ""))
+
+        leaked = store.leaked()
+
+    assert [reservation.container_id for reservation in leaked] == ["gone"]
+
+
+def test_release_address_frees_unreadable_reservation(tmp_path):
+    ipam = tmp_path / "ipam"
+    ipam.mkdir()
+    (ipam / "10.100.1.10").write_bytes(b"")
+
+    with DirectoryStore(tmp_path) as store:
+        released = store.release_address(IPv4Address("10.100.1.10"))
+        remaining = store.reserved()
+
+    assert released == Reservation(IPv4Address("10.100.1.10"), "", "")
+    assert remaining == {}
+
+
+# Cursor and release times
+
+
+def test_cursor_survives_reopen(tmp_path):
+    with DirectoryStore(tmp_path) as store:
+        assert store.cursor() is None
+        store.set_cursor(IPv4Address("10.100.1.42"))
+
+    with DirectoryStore(tmp_path) as store:
+        assert store.cursor() == IPv4Address("10.100.1.42")
+
+
+def test_release_time_survives_reopen(tmp_path):
+    with DirectoryStore(tmp_path) as store:
+        store.reserve(Reservation(IPv4Address("10.100.1.10"), "c1", "eth0"))
+        store.release("c1", "eth0")
+
+    with DirectoryStore(tmp_path) as store:
+        released = store.released()
+
+    assert list(released) == [IPv4Address("10.100.1.10")]
+    assert abs(released[IPv4Address("10.100.1.10")] - time.time()) < 60
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b"[]", b'{"released": {"x": "y", "10.100.1.10": "z"}}'])
+def test_damaged_state_file_reads_as_fresh(tmp_path, content):
+    ipam = tmp_path / "ipam"
+    ipam.mkdir()
+    (ipam / "state.json").write_bytes(content)
+
+    with DirectoryStore(tmp_path) as store:
+        assert store.released() == {}
+        store.reserve(Reservation(IPv4Address("10.100.1.11"), "c1", "eth0"))
+        store.release("c1", "eth0")
+
+    with DirectoryStore(tmp_path) as store:
+        assert list(store.released()) == [IPv4Address("10.100.1.11")]
+
+
+@pytest.mark.parametrize("content", [b"", b"10.100", b"\xff\xfe", b"nonsense        "])
+def test_damaged_cursor_reads_as_none(tmp_path, content):
+    ipam = tmp_path / "ipam"
+    ipam.mkdir()
+    (ipam / "cursor").write_bytes(content)
+
+    with DirectoryStore(tmp_path) as store:
+        assert store.cursor() is None
+
+
+def test_shorter_cursor_overwrites_longer(tmp_path):
+    with DirectoryStore(tmp_path) as store:
+        store.set_cursor(IPv4Address("10.100.100.254"))
+        store.set_cursor(IPv4Address("10.100.1.1"))
+
+    with DirectoryStore(tmp_path) as store:
+        assert store.cursor() == IPv4Address("10.100.1.1")
+
+
+def test_cursor_is_shared_by_processes(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    process = context.Process(target=allocate_one, args=(str(tmp_path), "other"))
+    process.start()
+    process.join(timeout=WORKER_TIMEOUT_SECONDS)
+
+    with DirectoryStore(tmp_path) as store:
+        reservation = allocate(store, netconf(tmp_path), "mine", "eth0")
+
+    assert process.exitcode == 0
+    assert reservation.address == IPv4Address("10.100.1.11")
+
+
+def allocate_one(data_dir: str, container_id: str) -> None:
+    conf = netconf(Path(data_dir))
+    with DirectoryStore(conf.data_dir) as store:
+        allocate(store, conf, container_id, "eth0")
