@@ -26,6 +26,7 @@ first segment.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import mmap
 import os
 from collections.abc import Iterator, Sequence
@@ -576,6 +577,44 @@ class EventLog:
             if log.failure is not None:
                 failures[origin] = log.failure
         return dict(sorted(failures.items()))
+
+    def restart_origin_after(self, origin: int, seq: int) -> OriginLog:
+        """Archive ``origin``'s log and open an empty one whose next append is ``seq + 1``.
+
+        For a replica rebuilt from a peer's snapshot at ``seq``: the events up
+        to it are gone on the peer, so the new log records them as compacted.
+        """
+        self.archive_origin(origin)
+        directory = self.root / str(origin)
+        directory.mkdir(parents=True)
+        marker = directory / COMPACTED_FILE
+        with open(marker, "w") as file:
+            file.write(f"{seq}\n")
+            file.flush()
+            os.fsync(file.fileno())
+        _fsync_directory(directory)
+        return self.origin(origin)
+
+    def archive_origin(self, origin: int) -> Path | None:
+        """Move ``origin``'s log aside to ``<data_dir>/log-archive/`` and start it over empty.
+
+        For a replica whose gateway started a new log under the same host id:
+        the old one is kept for audit, never mixed with the new one.
+        """
+        log = self._origins.pop(origin, None)
+        if log is not None:
+            log.close()
+        self._open_failures.pop(origin, None)
+        directory = self.root / str(origin)
+        if not directory.exists():
+            return None
+        archive = self.root.parent / "log-archive"
+        archive.mkdir(exist_ok=True)
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = archive / f"{origin}-{stamp}"
+        os.rename(directory, target)
+        _fsync_directory(self.root)
+        return target
 
     def vector(self) -> dict[int, int]:
         """The head seq of every working origin: the version vector of what is stored."""

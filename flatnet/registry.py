@@ -348,6 +348,47 @@ class View:
                 conflicts[name] = holders
         return conflicts
 
+    def drop_origin(self, origin: int) -> int:
+        """Forget every container, tombstone and seq of ``origin``; return how many containers went.
+
+        For an origin whose gateway started a new log: its old seqs mean nothing any more.
+        """
+        held = self._origins.pop(origin, {})
+        if self._indexing:
+            for container in held.values():
+                self._unindex(container)
+        self._tombstones.pop(origin, None)
+        self.vector.pop(origin, None)
+        return len(held)
+
+    def origin_state(self, origin: int) -> dict[str, Any]:
+        """Export ``origin``'s live containers as :meth:`export_state` does, for a peer to adopt.
+
+        Tombstones stay out: each gateway prunes its own on its own schedule,
+        so they would make equal views look different.
+        """
+        held = self._origins.get(origin, {})
+        containers = [[*container[:3], list(container.ports), *container[4:]] for _, container in sorted(held.items())]
+        return {"containers": containers, "tombstones": [], "tombstoneCutoff": ""}
+
+    def replace_origin(self, origin: int, state: Any, head: int) -> int:
+        """Make ``origin``'s part of the view what ``state`` says at seq ``head``; return the containers now held.
+
+        Raises ViewStateError, changing nothing, when ``state`` is invalid or holds another origin's containers.
+        """
+        incoming = View.from_state(state, {origin: head})
+        strangers = sorted(other for other in incoming._origins if other != origin)
+        if strangers:
+            raise ViewStateError(f"a snapshot of origin {origin} holds containers of origins {strangers}")
+        self.drop_origin(origin)
+        held = incoming._origins.get(origin, {})
+        self._origins[origin] = dict(held)
+        if self._indexing:
+            for container in held.values():
+                self._index(container)
+        self.vector[origin] = head
+        return len(held)
+
     def origin_containers(self, origin: int) -> list[Container]:
         """Return the live containers ``origin`` added, in no particular order."""
         return list(self._origins.get(origin, {}).values())

@@ -38,6 +38,8 @@ i18n.define({
     "status.column_lag": ("LAG", "遅れ"),
     "status.column_sync": ("SYNC", "同期"),
     "status.in_sync": ("in sync", "同期済み"),
+    "status.in_sync_since": ("in sync since {since}", "{since} から同期済み"),
+    "status.repairs": (", {count} repaired", "、修復 {count} 回"),
     "status.behind": ("behind by {lag}", "{lag} 件遅れ"),
     "status.expired": ("expired", "期限切れ"),
     "status.containers": ("\nContainers per host", "\nホストごとのコンテナー数"),
@@ -128,10 +130,14 @@ def render(status: dict) -> str:
         for peer, state in sorted(status["peers"].items(), key=lambda item: int(item[0])):
             if state["expired"]:
                 sync = i18n.text("status.expired")
+            elif state["inSync"] and state.get("inSyncSince"):
+                sync = i18n.text("status.in_sync_since", since=state["inSyncSince"])
             elif state["inSync"]:
                 sync = i18n.text("status.in_sync")
             else:
                 sync = i18n.text("status.behind", lag=state["lag"])
+            if state.get("repairs"):
+                sync += i18n.text("status.repairs", count=state["repairs"])
             lines.append(i18n.text(
                 "status.peer_columns", peer=peer, address=state["address"] or "-", state=state["state"],
                 heard=_duration(state["lastHeardSecondsAgo"]), lag=state["lag"], sync=sync,

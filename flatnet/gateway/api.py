@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 
@@ -9,6 +10,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from flatnet.events.log import LogError
 from flatnet.events.record import CONTAINER_ADDED, CONTAINER_REMOVED, Change
 from flatnet.gateway.metrics import serve_metrics
 from flatnet.gateway.models import CONTAINER_ID, ContainerAdded
@@ -26,6 +28,12 @@ def error_response(status: int, message: str, **extra: object) -> web.Response:
 
 def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+
+
+def _log_stopped(error: LogError) -> web.Response:
+    # The plugin takes any error status as "not stored" and keeps the change in its outbox.
+    logger.error("rejected a change: %s", error)
+    return error_response(503, f"this host's event log cannot store the change: {error}")
 
 
 async def post_container(request: web.Request) -> web.Response:
@@ -48,7 +56,10 @@ async def post_container(request: web.Request) -> web.Response:
 
     data = body.model_dump(mode="json", exclude={"eventId", "ts"})
     change = Change(id=body.eventId, type=CONTAINER_ADDED, data=data, ts=body.ts or _now_iso())
-    event, is_new = await gateway.record_own(change)
+    try:
+        event, is_new = await gateway.record_own(change)
+    except LogError as error:
+        return _log_stopped(error)
     status = 201 if is_new else 200
     return json_response({"eventId": change.id, "seq": event.seq if event else None, "duplicate": not is_new}, status)
 
@@ -72,13 +83,42 @@ async def delete_container(request: web.Request) -> web.Response:
         return error_response(403, f"container {container_id} belongs to host {current.origin}; delete it there")
 
     change = Change(id=event_id, type=CONTAINER_REMOVED, data={"id": container_id, "reason": reason}, ts=request.query.get("ts") or _now_iso())
-    event, is_new = await gateway.record_own(change)
+    try:
+        event, is_new = await gateway.record_own(change)
+    except LogError as error:
+        return _log_stopped(error)
     return json_response({"eventId": change.id, "seq": event.seq if event else None, "duplicate": not is_new, "known": current is not None})
 
 
 async def list_containers(request: web.Request) -> web.Response:
     gateway: Gateway = request.app[GATEWAY]
     return json_response(gateway.container_entries())
+
+
+async def snapshot(request: web.Request) -> web.Response:
+    """Return this gateway's view of one origin, or with ``summary=1`` only its head and digest."""
+    gateway: Gateway = request.app[GATEWAY]
+    raw = request.query.get("origin", "")
+    if not raw.isdigit() or not 1 <= int(raw) <= 254:
+        return error_response(400, f"query parameter origin={raw!r} must be a host id from 1 to 254")
+    origin = int(raw)
+    state = gateway.journal.view.origin_state(origin)
+    body = {
+        "origin": origin,
+        "head": gateway.journal.view.vector.get(origin, 0),
+        "node": gateway.journal.identity.node,
+        "epoch": gateway.journal.identity.epoch,
+        "digest": origin_digest(state),
+        "containers": len(state["containers"]),
+    }
+    if request.query.get("summary") != "1":
+        body["state"] = state
+    return json_response(body)
+
+
+def origin_digest(state: dict) -> str:
+    """SHA-256 of an origin's exported containers: equal views of one origin have equal digests."""
+    return hashlib.sha256(orjson.dumps(state["containers"])).hexdigest()
 
 
 async def health(request: web.Request) -> web.Response:
@@ -97,6 +137,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/containers", list_containers)
     app.router.add_delete("/api/containers/{container_id}", delete_container)
     app.router.add_get("/api/health", health)
+    app.router.add_get("/api/snapshot", snapshot)
     app.router.add_get("/api/events", events)
     app.router.add_get("/metrics", serve_metrics)
     logger.debug("internal API routes registered")

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import aiohttp
 import orjson
 
 from flatnet.events import record
+from flatnet.events.log import LogError
 from flatnet.events.record import CONTAINER_ADDED, Event
+from flatnet.gateway.api import origin_digest
 from flatnet.gateway.settings import Peer
 from flatnet.gateway.state import Gateway, PeerState, PeerStatus
 from flatnet.logs import sync as logger
+from flatnet.registry import ViewStateError
 
 BACKOFF_FIRST_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 10.0
+
+
+class Compacted(Exception):
+    """The events a replica needs next are gone from the peer; only its snapshot helps."""
 
 
 class StreamRejected(Exception):
@@ -57,6 +65,12 @@ async def follow(gateway: Gateway, peer: Peer, session: aiohttp.ClientSession) -
         except (StreamRejected, record.RecordError) as error:
             status.last_error = str(error)
             logger.error("dropped the stream from peer %d: %s; reconnecting", peer.host_id, error)
+        except LogError as error:
+            # The replica's log is stopped: storing more of it would hide the damage.
+            status.last_error = str(error)
+            status.state = PeerState.DISCONNECTED
+            logger.error("stopped following peer %d: %s", peer.host_id, error)
+            return
 
         if status.state is PeerState.CONNECTED:
             logger.info("peer %d disconnected (%s)", peer.host_id, status.last_error)
@@ -78,7 +92,11 @@ async def _stream_once(gateway: Gateway, peer: Peer, session: aiohttp.ClientSess
     async with session.get(url, params=params, timeout=timeout) as response:
         if response.status == 409:
             body = await response.text()
-            raise StreamRejected(f"peer {peer.host_id} has fewer events than our replica (after={after}): {body[:300]}")
+            _reset_replica(gateway, peer, after, body)
+            return True
+        if response.status == 410:
+            await adopt_peer_snapshot(gateway, peer, session, reason=f"events after seq {after} were compacted away on the peer")
+            return True
         if response.status != 200:
             body = await response.text()
             raise StreamRejected(f"peer {peer.host_id} answered HTTP {response.status}: {body[:300]}")
@@ -94,6 +112,51 @@ async def _stream_once(gateway: Gateway, peer: Peer, session: aiohttp.ClientSess
     return received
 
 
+def _check_same_node(gateway: Gateway, peer: Peer, event: Event, head: int) -> None:
+    """Reject events that continue our replica's seqs but come from another node.
+
+    A new node under a host id starts its log at seq 1 and gets a reset; one
+    that carries on where another node's log left off is two gateways claiming
+    one host id, and nothing of it may reach the view.
+    """
+    if event.seq <= head or head == 0:
+        return
+    status = gateway.peers[peer.host_id]
+    if not status.replica_node:
+        replica = gateway.journal.log.origin(peer.host_id)
+        # A replica rebuilt from a snapshot holds no event yet to learn the node from.
+        last = next(iter(replica.read(head - 1)), None) if head > replica.compacted_through else None
+        status.replica_node = last.node if last is not None else event.node
+    if event.node != status.replica_node:
+        raise StreamRejected(
+            f"peer {peer.host_id} sent seq {event.seq} from node {event.node}, but seqs up to {head} came from node "
+            f"{status.replica_node}: two nodes claim host id {peer.host_id}; refusing its events until one stops"
+        )
+
+
+def _reset_replica(gateway: Gateway, peer: Peer, after: int, body: str) -> None:
+    """Start the peer's replica over after it answered with a reset.
+
+    Only the peer writes its own origin, and only the configured address is
+    followed, so its word is taken: it lost its disk, or a new node took the
+    host id. Its old log is archived, not mixed with the new one.
+    """
+    try:
+        detail = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        detail = {}
+    if not isinstance(detail, dict) or detail.get("error") != "reset":
+        raise StreamRejected(f"peer {peer.host_id} answered 409 without a reset body: {body[:300]}")
+    archived, dropped = gateway.journal.reset_replica(peer.host_id)
+    gateway.peers[peer.host_id].replica_node = ""
+    gateway.metrics.stream_resets.labels(str(peer.host_id)).inc()
+    logger.warning(
+        "peer %d started a new log (node %s, head %s) below our replica's seq %d: archived the replica to %s, "
+        "%d of its containers left the view; following it from seq 0",
+        peer.host_id, detail.get("node"), detail.get("head"), after, archived, dropped,
+    )
+
+
 def _handle_frame(gateway: Gateway, peer: Peer, line: bytes) -> None:
     if line.startswith(b'{"heartbeat"'):
         frame = orjson.loads(line)["heartbeat"]
@@ -107,10 +170,41 @@ def _handle_frame(gateway: Gateway, peer: Peer, line: bytes) -> None:
         return
 
     event = record.decode(line)
-    check_event(peer, event, gateway.journal.head(peer.host_id))
+    head = gateway.journal.head(peer.host_id)
+    check_event(peer, event, head)
+    _check_same_node(gateway, peer, event, head)
     gateway.journal.store_replica(event)
+    gateway.peers[peer.host_id].replica_node = event.node
     gateway.peers[peer.host_id].remote_head = max(gateway.peers[peer.host_id].remote_head, event.seq)
     gateway.heard(peer.host_id)
+
+
+async def pull_once(gateway: Gateway, peer: Peer, session: aiohttp.ClientSession, timeout: float) -> int:
+    """Store the peer's events after our replica's head, up to its current head, and return how many.
+
+    This is the follower's catch-up without the wait: the peer's stream sends
+    its backlog, then a heartbeat, and the pull stops at that heartbeat. The
+    proxy calls it when a peer says it no longer holds a name.
+    """
+    after = gateway.journal.head(peer.host_id)
+    url = f"{peer.base_url}/api/events"
+    params = {"origin": str(peer.host_id), "after": str(after)}
+    stored = 0
+    async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+        if response.status == 410:
+            raise Compacted(f"peer {peer.host_id} compacted the events after seq {after}")
+        if response.status != 200:
+            body = await response.text()
+            raise StreamRejected(f"peer {peer.host_id} answered HTTP {response.status}: {body[:300]}")
+        async for line in response.content:
+            if not line.strip():
+                continue
+            is_heartbeat = line.startswith(b'{"heartbeat"')
+            _handle_frame(gateway, peer, line)
+            if is_heartbeat:
+                break
+            stored += 1
+    return stored
 
 
 class Followers:
@@ -152,3 +246,76 @@ class Followers:
     async def stop_all(self) -> None:
         for host_id in list(self.tasks):
             await self.stop(host_id)
+
+
+async def adopt_peer_snapshot(gateway: Gateway, peer: Peer, session: aiohttp.ClientSession, *, reason: str) -> None:
+    """Replace the peer's replica and view with the peer's own snapshot of its origin."""
+    url = f"{peer.base_url}/api/snapshot"
+    async with session.get(url, params={"origin": str(peer.host_id)}, timeout=aiohttp.ClientTimeout(total=30)) as response:
+        if response.status != 200:
+            raise StreamRejected(f"peer {peer.host_id} answered HTTP {response.status} for its snapshot: {(await response.text())[:300]}")
+        body = orjson.loads(await response.read())
+    if not isinstance(body, dict) or not isinstance(body.get("head"), int) or "state" not in body:
+        raise StreamRejected(f"peer {peer.host_id} sent a snapshot without head and state")
+    if origin_digest(body["state"]) != body.get("digest"):
+        raise StreamRejected(f"peer {peer.host_id} sent a snapshot whose digest does not match its containers")
+    try:
+        held = gateway.journal.adopt_snapshot(peer.host_id, body["head"], body["state"])
+    except ViewStateError as error:
+        raise StreamRejected(f"peer {peer.host_id} sent an invalid snapshot: {error}") from None
+    status = gateway.peers[peer.host_id]
+    status.replica_node = ""
+    status.repairs += 1
+    gateway.metrics.snapshot_repairs.labels(str(peer.host_id)).inc()
+    logger.warning(
+        "adopted peer %d's snapshot at seq %d (%d containers): %s", peer.host_id, body["head"], held, reason,
+    )
+
+
+async def backstop(gateway: Gateway, session: aiohttp.ClientSession) -> None:
+    """Every ``resync`` seconds, compare each peer's head and digest with ours and repair what the stream missed."""
+    while True:
+        await asyncio.sleep(gateway.settings.resync)
+        for peer in gateway.settings.peers:
+            try:
+                await check_peer(gateway, peer, session)
+            except (aiohttp.ClientError, TimeoutError, ConnectionError, StreamRejected, record.RecordError, ValueError) as error:
+                logger.debug("backstop check of peer %d failed: %s", peer.host_id, error)
+
+
+async def check_peer(gateway: Gateway, peer: Peer, session: aiohttp.ClientSession) -> None:
+    """Compare the peer's own head and digest of its origin with ours, once, and repair a difference."""
+    status = gateway.peers.get(peer.host_id)
+    if status is None or gateway.journal.is_stopped(peer.host_id):
+        return
+    url = f"{peer.base_url}/api/snapshot"
+    params = {"origin": str(peer.host_id), "summary": "1"}
+    async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=3)) as response:
+        if response.status != 200:
+            return
+        summary = orjson.loads(await response.read())
+    remote_head, digest = summary.get("head"), summary.get("digest")
+    ours = gateway.journal.head(peer.host_id)
+    behind_since_last_check = ours == status.backstop_seen_head
+
+    if isinstance(remote_head, int) and remote_head > ours:
+        status.in_sync_since = None
+        # A stream that is delivering catches up by itself; repair only one that is stuck.
+        if behind_since_last_check or status.state is not PeerState.CONNECTED:
+            try:
+                pulled = await pull_once(gateway, peer, session, timeout=10)
+            except Compacted:
+                await adopt_peer_snapshot(gateway, peer, session, reason=f"the backstop found seq {ours}, the peer at {remote_head}")
+            else:
+                status.repairs += 1
+                gateway.metrics.snapshot_repairs.labels(str(peer.host_id)).inc()
+                logger.info(
+                    "backstop repaired peer %d: the stream had stopped at seq %d with the peer at %d; pulled %d events",
+                    peer.host_id, ours, remote_head, pulled,
+                )
+    elif remote_head == ours and digest != origin_digest(gateway.journal.view.origin_state(peer.host_id)):
+        status.in_sync_since = None
+        await adopt_peer_snapshot(gateway, peer, session, reason=f"our view of its origin differed at seq {ours}")
+    elif remote_head == ours and status.in_sync_since is None:
+        status.in_sync_since = time.time()
+    status.backstop_seen_head = gateway.journal.head(peer.host_id)

@@ -346,6 +346,34 @@ class Journal:
             self.schedule_snapshot()
         return outcome
 
+    def reset_replica(self, origin: int) -> tuple[Path | None, int]:
+        """Start ``origin``'s replica over, for a peer that answered with a reset.
+
+        The old replica is archived, its containers leave the view, and a
+        snapshot is written at once, so that a restart cannot bring the old
+        incarnation back from an older snapshot. Returns the archive and how
+        many containers left.
+        """
+        archived = self.log.archive_origin(origin)
+        dropped = self.view.drop_origin(origin)
+        self.write_snapshot_now()
+        return archived, dropped
+
+    def adopt_snapshot(self, origin: int, head: int, state: object) -> int:
+        """Replace ``origin``'s replica and view with a peer's snapshot at seq ``head``.
+
+        For a replica too far behind to catch up from events the peer has
+        compacted away. The view is checked first, so a bad snapshot changes
+        nothing; a snapshot of our own view is written after, so a restart
+        starts from the adopted state. Returns how many containers it holds.
+        """
+        scratch = View()
+        scratch.replace_origin(origin, state, head)
+        held = self.view.replace_origin(origin, state, head)
+        self.log.restart_origin_after(origin, head)
+        self.write_snapshot_now()
+        return held
+
     def subscribe(self, origin: int, limit: int = SUBSCRIBER_QUEUE_EVENTS) -> Subscription:
         subscription = Subscription(origin, limit)
         self._subscriptions.add(subscription)

@@ -40,6 +40,9 @@ class Metrics:
         self.stream_reconnects = Counter(
             "flatnet_stream_reconnects", "Times a follower lost a peer's stream and reconnected", ["peer"], registry=self.registry,
         )
+        self.stream_resets = Counter(
+            "flatnet_stream_resets", "Times a peer started a new log and its replica started over", ["peer"], registry=self.registry,
+        )
         self.snapshot_repairs = Counter(
             "flatnet_snapshot_repairs", "Divergences from a peer repaired by the snapshot backstop", ["peer"], registry=self.registry,
         )

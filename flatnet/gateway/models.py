@@ -35,6 +35,7 @@ class ContainerAdded(BaseModel):
     hostId: int = Field(ge=1, le=254, description="the host that runs the container: this gateway's own")
     createdAt: str = Field(description="when the container got its address, RFC 3339 UTC")
     ifname: str = Field("eth0", description="the container's interface name")
+    aliases: list[str] = Field([], description="other names of the container (podman's network aliases), as container names")
 
     @field_validator("id")
     @classmethod
@@ -48,6 +49,14 @@ class ContainerAdded(BaseModel):
     def _hostname(cls, value: str) -> str:
         if not HOSTNAME.match(value):
             raise ValueError("must be a container name: letters, digits, '_', '.' and '-', starting with a letter or digit, at most 253")
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, value: list[str]) -> list[str]:
+        for alias in value:
+            if not HOSTNAME.match(alias):
+                raise ValueError(f"alias {alias[:80]!r} must be a container name: letters, digits, '_', '.' and '-', starting with a letter or digit")
         return value
 
     @field_validator("createdAt", "ts")
@@ -103,6 +112,8 @@ class PeerHealth(BaseModel):
     replicaHead: int = Field(description="the last seq of the peer stored here")
     remoteHead: int = Field(description="the peer's head as its last frame said")
     node: str = Field(description="the node id the peer's last heartbeat carried; empty before the first")
+    repairs: int = Field(description="times the snapshot backstop repaired this peer's replica")
+    inSyncSince: str | None = Field(description="since when the backstop has found the replica equal to the peer's own; null when not")
     reconnects: int
     lastError: str
 
@@ -119,6 +130,22 @@ class Health(BaseModel):
     containers: int
     peers: dict[str, PeerHealth]
     conflicts: dict[str, list[str]] = Field(description="name -> ids of the live containers sharing it, winner first")
+    stoppedOrigins: dict[str, str] = Field(
+        description="origin -> why its log stopped (corruption, a seq gap); the other origins keep working"
+    )
+    snapshot: str | None = Field(description="when the newest snapshot was written, or null before the first")
+
+
+class OriginSnapshot(BaseModel):
+    """What `GET /api/snapshot` returns: this gateway's view of one origin."""
+
+    origin: int
+    head: int = Field(description="the origin's last seq folded into this view")
+    node: str = Field(description="the node id of the gateway answering")
+    epoch: int
+    digest: str = Field(description="SHA-256 of the origin's containers as exported; equal views have equal digests")
+    containers: int = Field(description="how many live containers the origin has in this view")
+    state: dict | None = Field(None, description="the containers as arrays in Container field order; left out with summary=1")
 
 
 class Problem(BaseModel):

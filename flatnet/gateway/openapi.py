@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from flatnet.gateway.models import ChangeAccepted, ContainerAdded, ContainerEntry, ErrorBody, Health, StreamReset
+from flatnet.gateway.models import ChangeAccepted, ContainerAdded, ContainerEntry, ErrorBody, Health, OriginSnapshot, StreamReset
 
-_MODELS: tuple[type[BaseModel], ...] = (ContainerAdded, ContainerEntry, ChangeAccepted, Health, ErrorBody, StreamReset)
+_MODELS: tuple[type[BaseModel], ...] = (ContainerAdded, ContainerEntry, ChangeAccepted, Health, ErrorBody, StreamReset, OriginSnapshot)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -93,6 +93,17 @@ def build_document() -> dict[str, Any]:
                     "responses": {"200": _json(Health, "the gateway serves")},
                 },
             },
+            "/api/snapshot": {
+                "get": {
+                    "operationId": "originSnapshot",
+                    "summary": "This gateway's view of one origin, for a peer that cannot catch up from events",
+                    "parameters": [
+                        {"name": "origin", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": 254}},
+                        {"name": "summary", "in": "query", "required": False, "schema": {"type": "string", "enum": ["0", "1"]}},
+                    ],
+                    "responses": {"200": _json(OriginSnapshot, "the origin's head, digest and, unless summary=1, its containers"), "400": invalid},
+                },
+            },
             "/api/events": {
                 "get": {
                     "operationId": "streamEvents",
@@ -108,6 +119,8 @@ def build_document() -> dict[str, Any]:
                         },
                         "400": invalid,
                         "409": _json(StreamReset, "after is beyond this gateway's head of the origin"),
+                        "410": _json(ErrorBody, "the events after 'after' were compacted away: fetch /api/snapshot"),
+                        "503": _json(ErrorBody, "the origin's log is stopped on this gateway"),
                     },
                 },
             },

@@ -16,7 +16,7 @@ from flatnet.gateway.journal import Journal
 from flatnet.gateway.settings import Settings
 from flatnet.logs import sync as sync_logger
 from flatnet.gateway.metrics import Metrics
-from flatnet.registry import Container, Liveness, Outcome
+from flatnet.registry import Container, Liveness, Outcome, format_time
 
 
 class PeerState(enum.Enum):
@@ -34,6 +34,13 @@ class PeerStatus:
     remote_head: int = 0
     remote_epoch: int = 0
     remote_node: str = ""
+    # The node whose events the replica holds; learned from its last event.
+    replica_node: str = ""
+    # The snapshot backstop: repairs it made, the head it saw last, and since
+    # when (wall clock) the replica has matched the peer's own head and digest.
+    repairs: int = 0
+    backstop_seen_head: int = -1
+    in_sync_since: float | None = None
 
 
 class Gateway:
@@ -68,13 +75,10 @@ class Gateway:
         Draining first keeps a host's changes in the order they happened: an
         ADD that went to the outbox is never appended after its own DEL.
         """
-        async with self.journal.write_lock:
-            self.journal.drain_outbox()
-            return self.journal.record_own(change)
+        return await self.journal.record_own(change)
 
     async def drain_outbox(self) -> int:
-        async with self.journal.write_lock:
-            return self.journal.drain_outbox()
+        return await self.journal.drain_outbox()
 
     def heard(self, origin: int) -> None:
         now = time.monotonic()
@@ -131,6 +135,8 @@ class Gateway:
                 "replicaHead": self.journal.head(host_id),
                 "remoteHead": status.remote_head,
                 "node": status.remote_node,
+                "repairs": status.repairs,
+                "inSyncSince": None if status.in_sync_since is None else format_time(status.in_sync_since),
                 "reconnects": status.reconnects,
                 "lastError": status.last_error,
             }
@@ -147,6 +153,8 @@ class Gateway:
             "containers": len(self.journal.view.containers),
             "peers": peers,
             "conflicts": conflicts,
+            "stoppedOrigins": {str(origin): error for origin, error in self.journal.failures.items()},
+            "snapshot": self.journal.snapshot.created_at if self.journal.snapshot else None,
         }
 
 

@@ -52,6 +52,29 @@ async def serve_events(request: web.Request) -> web.StreamResponse:
     origin = _query_int(request, "origin", 1, 254)
     after = _query_int(request, "after", 0, None)
 
+    if gateway.journal.is_stopped(origin):
+        return web.Response(
+            status=503,
+            body=orjson.dumps({"error": "stopped", "detail": f"the log of origin {origin} is stopped on this gateway: "
+                               f"{gateway.journal.failures[origin]}", "origin": origin}),
+            content_type="application/json",
+        )
+    compacted_through = gateway.journal.log.origin(origin).compacted_through
+    if after < compacted_through:
+        # The events the follower needs next were deleted by retention; only
+        # this gateway's snapshot of the origin can bring it up to date.
+        return web.Response(
+            status=410,
+            body=orjson.dumps({
+                "error": "compacted",
+                "detail": f"events {after + 1} to {compacted_through} of origin {origin} were compacted away; "
+                          f"fetch /api/snapshot?origin={origin}",
+                "origin": origin,
+                "compactedThrough": compacted_through,
+            }),
+            content_type="application/json",
+        )
+
     head = gateway.journal.head(origin)
     if after > head:
         # The follower has events this gateway never had: this gateway lost its

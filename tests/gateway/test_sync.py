@@ -1,6 +1,7 @@
 """Gateways share their hosts' containers: streams, resume, outbox, TTL."""
 
 import json
+import shutil
 import time
 import uuid
 
@@ -9,7 +10,7 @@ import pytest
 from flatnet.events import outbox
 from flatnet.events.log import OriginLog
 from flatnet.events.record import CONTAINER_ADDED, Change
-from tests.gateway.harness import http, wait_until
+from tests.gateway.harness import GatewayProcess, http, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -130,3 +131,73 @@ def test_own_containers_never_expire(fleet):
     time.sleep(1.5)
 
     assert _names(gateways[1])["mine"]["ttl"] == 1
+
+
+def test_peer_with_new_log_resets_replica(fleet):
+    gateways = fleet()
+    for n in range(3):
+        gateways[2].add_container(f"old-{n}", f"10.100.2.{10 + n}")
+    wait_until(lambda: len(_names(gateways[1])) == 3, 5, "the old incarnation's containers on gateway 1")
+
+    gateways[2].stop()
+    shutil.rmtree(gateways[2].data_dir)
+    gateways[2].start()
+    gateways[2].add_container("new-0", "10.100.2.20")
+
+    wait_until(lambda: set(_names(gateways[1])) == {"new-0"}, 10, "gateway 1 to follow the new log only")
+    assert "started a new log" in gateways[1].log_text()
+    archived = list((gateways[1].data_dir / "log-archive").iterdir())
+    assert [path.name.split("-")[0] for path in archived] == ["2"]
+    replica = OriginLog(gateways[1].data_dir / "log" / "2", 2)
+    assert [event.seq for event in replica.read(0)] == [1]
+
+    gateways[1].stop()
+    gateways[1].start()
+    assert set(_names(gateways[1])) == {"new-0"}
+
+
+def test_other_node_continuing_seqs_is_refused(fleet, tmp_path):
+    gateways = fleet()
+    for n in range(2):
+        gateways[2].add_container(f"real-{n}", f"10.100.2.{10 + n}")
+    wait_until(lambda: len(_names(gateways[1])) == 2, 5, "the real node's containers on gateway 1")
+    gateways[1].stop()
+    gateways[2].stop()
+
+    impostor = GatewayProcess(gateways[2].netns, tmp_path / "impostor", 2, [1])
+    impostor.start()
+    try:
+        for n in range(4):
+            impostor.add_container(f"fake-{n}", f"10.100.2.{30 + n}")
+        gateways[1].start()
+
+        wait_until(lambda: "two nodes claim host id 2" in gateways[1].log_text(), 10, "the impostor refused")
+        assert set(_names(gateways[1])) == {"real-0", "real-1"}
+        assert "two nodes claim host id 2" in gateways[1].health()["peers"]["2"]["lastError"]
+    finally:
+        impostor.stop()
+
+
+def test_follower_behind_compacted_log_adopts_snapshot(fleet):
+    gateways = fleet()
+    with open(gateways[2].config, "a") as config:
+        config.write("[log]\nsnapshot_every_events = 1\nretention = 0\nsegment_bytes = 4096\n")
+    gateways[2].stop()
+    gateways[2].start()
+    gateways[1].stop()
+    for n in range(40):
+        gateways[2].add_container(f"compacted-{n:02d}-{'x' * 60}", f"10.100.2.{10 + n}")
+    wait_until(lambda: (gateways[2].data_dir / "log" / "2" / "compacted").exists(), 10, "gateway 2 to compact its log")
+
+    gateways[1].start()
+
+    wait_until(lambda: len(_names(gateways[1])) == 40, 10, "gateway 1 to adopt peer 2's snapshot")
+    assert "adopted peer 2's snapshot" in gateways[1].log_text()
+    assert gateways[1].health()["peers"]["2"]["repairs"] == 1
+    gateways[2].add_container("after-snapshot", "10.100.2.60")
+    wait_until(lambda: "after-snapshot" in _names(gateways[1]), 5, "the stream to continue after the snapshot")
+
+    gateways[1].stop()
+    gateways[1].start()
+    assert len(_names(gateways[1])) == 41
+
