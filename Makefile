@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: deps system-deps demo test test-unit lab-down openapi bench-sync clean
+.PHONY: deps system-deps demo test test-unit lab-down openapi bench-sync bench-proxy bench-cni bench-log bench-replay clean
 
 deps: system-deps $(STAMP)
 
@@ -26,6 +26,18 @@ test-unit: deps
 
 bench-sync: deps
 	$(VENV)/bin/python bench/sync.py
+
+bench-proxy: deps
+	$(VENV)/bin/python bench/proxy.py
+
+bench-cni: deps
+	$(VENV)/bin/python bench/cni.py
+
+bench-log: deps
+	$(VENV)/bin/python bench/log.py
+
+bench-replay: deps
+	$(VENV)/bin/python bench/replay.py
 
 openapi: deps
 	$(VENV)/bin/python -m flatnet.gateway.openapi > docs/openapi.yaml

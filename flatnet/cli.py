@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     from flatnet.lab.cli import register as register_lab
 
     register_lab(commands)
+
+    from flatnet.routing_cli import register as register_routing
+
+    register_routing(commands)
+
+    from flatnet.replay.cli import register as register_replay
+
+    register_replay(commands)
     return parser
 
 

@@ -11,9 +11,13 @@ from flatnet import i18n
 
 # Modules that define messages import them at module load; import every module
 # of the package so that the catalog is complete.
-for module in pkgutil.walk_packages(flatnet.__path__, "flatnet."):
-    if not module.name.endswith("__main__"):
-        importlib.import_module(module.name)
+for package in ("flatnet", "flatnet.cni", "flatnet.events", "flatnet.replay"):
+    # The folders cni/, events/ and replay/ sit beside flatnet/, so a walk of
+    # flatnet/ alone would not reach them.
+    root = importlib.import_module(package)
+    for module in pkgutil.walk_packages(root.__path__, f"{package}."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
 
 CATALOG = i18n.catalog()
 

@@ -1,9 +1,11 @@
 """The gateway daemon: start-up, the two listeners, background tasks, shutdown.
 
-Start-up order matters: the log is opened and recovered, the outbox drained,
-and only then do the listeners accept requests, so a change that waited in
-the outbox is always appended before any newer one. Every resource opened is
-closed again in reverse order, also when start-up fails halfway.
+Start-up order matters: the log is opened and recovered (the newest snapshot
+plus the events after it), the outbox drained, this host's containers checked
+against the kernel, and only then do the listeners accept requests, so a
+change that waited in the outbox is always appended before any newer one.
+Every resource opened is closed again in reverse order, also when start-up
+fails halfway.
 """
 
 from __future__ import annotations
@@ -18,16 +20,20 @@ import time
 from pathlib import Path
 
 import aiohttp
+import uvloop
 from aiohttp import web
 
-from flatnet import logs
 from flatnet.errors import FlatnetError
 from flatnet.events.log import LogError
-from flatnet.gateway import api, proxy
-from flatnet.gateway.follower import Followers
+from flatnet.gateway import api, cni_socket, proxy, routes_task, worker
+from flatnet.gateway.decisions import DecisionLog
+from flatnet.gateway.forward import ProxyService
+from flatnet.gateway.follower import Followers, backstop
 from flatnet.gateway.journal import Journal, next_identity
+from flatnet.gateway.reconcile import reconcile_own_host
 from flatnet.gateway.settings import Settings, load_settings, split_host_port
 from flatnet.gateway.state import GATEWAY, Gateway
+from flatnet.gateway.upstream import UpstreamPool
 from flatnet.logs import gateway as logger
 
 # Linux's IP_FREEBIND; the socket module names it only from Python 3.12. It
@@ -36,12 +42,18 @@ IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 OUTBOX_DRAIN_SECONDS = 2.0
 
 
-def bind_socket(address: str) -> socket.socket:
-    """Bind a listening TCP socket to ``host:port``, even before the address exists."""
+def bind_socket(address: str, *, reuse_port: bool = False) -> socket.socket:
+    """Bind a listening TCP socket to ``host:port``, even before the address exists.
+
+    With ``reuse_port``, proxy worker processes bind the same port, and the
+    kernel spreads new connections over them (SO_REUSEPORT).
+    """
     host, port = split_host_port(address)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
         sock.bind((host, port))
         sock.listen(512)
@@ -52,33 +64,25 @@ def bind_socket(address: str) -> socket.socket:
     return sock
 
 
-@web.middleware
-async def _peer_hop_middleware(request: web.Request, handler):
-    # A request forwarded by a peer gateway is for a container of this host,
-    # whatever its path: it may well be a container's own /api.
-    if proxy.HOP_HEADER in request.headers:
-        return await proxy.handle(request)
-    return await handler(request)
-
-
-def build_api_app(gateway: Gateway, session: aiohttp.ClientSession, decisions: proxy.DecisionLog) -> web.Application:
-    app = web.Application(middlewares=[_peer_hop_middleware], client_max_size=1024 * 1024)
+def build_api_app(gateway: Gateway) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
     app[GATEWAY] = gateway
-    app[proxy.CLIENT] = session
-    app[proxy.DECISIONS] = decisions
-    app[proxy.FROM_PEERS] = True
     api.add_routes(app)
     return app
 
 
-def build_proxy_app(gateway: Gateway, session: aiohttp.ClientSession, decisions: proxy.DecisionLog) -> web.Application:
-    app = web.Application(client_max_size=0)
-    app[GATEWAY] = gateway
-    app[proxy.CLIENT] = session
-    app[proxy.DECISIONS] = decisions
-    app[proxy.FROM_PEERS] = False
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    return app
+def _hand_to_api(server: web.Server):
+    # The Nebula listener reads the first request of each connection: a peer's
+    # forwarded request (with the hop header) stays with the proxy, anything
+    # else goes, with the bytes read so far, to the API's aiohttp server.
+    def hand_off(transport: asyncio.Transport, buffered: bytes) -> None:
+        handler = server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if buffered:
+            handler.data_received(buffered)
+
+    return hand_off
 
 
 async def _drain_outbox_periodically(gateway: Gateway) -> None:
@@ -90,6 +94,25 @@ async def _drain_outbox_periodically(gateway: Gateway) -> None:
             await gateway.drain_outbox()
         except (OSError, LogError) as error:
             logger.error("outbox drain failed: %s; retrying in %.0f s", error, OUTBOX_DRAIN_SECONDS)
+
+
+async def _check_own_host(journal: Journal, settings: Settings) -> None:
+    # After the outbox drain, so that containers added while the gateway was
+    # down are checked too; before the listeners, so no new ADD races it.
+    try:
+        await reconcile_own_host(journal, grace=settings.reconcile.grace_seconds)
+    except (OSError, LogError) as error:
+        logger.error("own-host check failed: %s; containers of this host stay as the log has them", error)
+
+
+async def _snapshot_periodically(journal: Journal) -> None:
+    # The journal also snapshots every snapshot_every_events events; this
+    # covers a quiet stretch after fewer events than that.
+    interval = min(journal.policy.snapshot_every_seconds, 60.0)
+    while True:
+        await asyncio.sleep(interval)
+        if journal.snapshot_due():
+            journal.schedule_snapshot()
 
 
 def lock_data_dir(data_dir: Path) -> int:
@@ -181,54 +204,60 @@ async def serve(settings: Settings, stop: asyncio.Event, config_path: Path | Non
     async with contextlib.AsyncExitStack() as stack:
         lock = lock_data_dir(settings.data_dir)
         stack.callback(os.close, lock)
-        if settings.access_log is not None:
-            try:
-                logs.add_access_log_file(str(settings.access_log))
-            except OSError as error:
-                raise FlatnetError(
-                    f"cannot open access_log {settings.access_log}: {error.strerror}; "
-                    f"set access_log to a writable file path or remove it"
-                ) from None
 
         try:
             identity = next_identity(settings.data_dir)
-            journal = Journal(settings.data_dir, settings.host_id, identity)
+            journal = Journal(settings.data_dir, settings.host_id, identity, settings.log.policy())
         except LogError as error:
             raise FlatnetError(str(error)) from None
-        stack.callback(journal.close)
+        stack.push_async_callback(journal.close_async)
         gateway = Gateway(settings, journal)
-        drained = journal.drain_outbox()
+        drained = await gateway.drain_outbox()
+        if settings.reconcile.enabled:
+            await _check_own_host(journal, settings)
         logger.info(
             "gateway of host %d starting: node %s epoch %d, vector %s, %d outbox changes appended",
             settings.host_id, identity.node, identity.epoch, journal.log.vector(), drained,
         )
 
-        decisions = proxy.DecisionLog(settings.data_dir)
+        try:
+            decisions = DecisionLog(
+                settings.data_dir, max_bytes=settings.decision_log_bytes, keep_files=settings.decision_log_files,
+                access_log=settings.access_log,
+            )
+        except OSError as error:
+            raise FlatnetError(f"{error.strerror}; set access_log to a writable file path or remove it") from None
         stack.callback(decisions.close)
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=64, keepalive_timeout=30)
-        session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector, auto_decompress=False))
         stream_session = await stack.enter_async_context(aiohttp.ClientSession())
         await check_host_id_free(settings, identity.node, stream_session)
 
         api_socket = bind_socket(settings.api_listen)
         stack.callback(api_socket.close)
-        proxy_socket = bind_socket(settings.proxy_listen)
+        proxy_socket = bind_socket(settings.proxy_listen, reuse_port=True)
         stack.callback(proxy_socket.close)
 
-        runners = []
-        for app, sock in (
-            (build_api_app(gateway, session, decisions), api_socket),
-            (build_proxy_app(gateway, session, decisions), proxy_socket),
-        ):
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-            await runner.setup()
-            stack.push_async_callback(runner.cleanup)
-            await web.SockSite(runner, sock).start()
-            runners.append(runner)
-        logger.info("serving the API on %s and the proxy on %s", settings.api_listen, settings.proxy_listen)
+        runner = web.AppRunner(build_api_app(gateway), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        router = proxy.Router(proxy.GatewayRoutes(gateway, stream_session), decisions)
+        service = ProxyService(router, UpstreamPool(connect_timeout=settings.upstream_connect_timeout))
+        stack.callback(service.close)
+        await service.listen(api_socket, from_peers=True, handoff=_hand_to_api(runner.server))
+        await service.listen(proxy_socket)
+        service.tune_garbage_collector()
+        workers = worker.start_workers(settings)
+        stack.callback(worker.stop_workers, workers)
+        logger.info(
+            "serving the API on %s and the proxy on %s (%d processes)",
+            settings.api_listen, settings.proxy_listen, settings.proxy_workers,
+        )
+        cni_server = await cni_socket.start(settings.cni_socket_path, gateway)
+        stack.push_async_callback(cni_server.close)
 
         tasks = [asyncio.create_task(_drain_outbox_periodically(gateway), name="outbox-drain")]
+        tasks.append(asyncio.create_task(_snapshot_periodically(journal), name="snapshot-timer"))
         followers = Followers(gateway, stream_session)
+        tasks.append(asyncio.create_task(backstop(gateway, stream_session), name="backstop"))
         for peer in settings.peers:
             followers.start(peer)
         if config_path is not None:
@@ -241,6 +270,7 @@ async def serve(settings: Settings, stop: asyncio.Event, config_path: Path | Non
             asyncio.get_running_loop().add_signal_handler(
                 signal.SIGHUP, lambda: tasks.append(asyncio.create_task(reload_peers(), name="reload"))
             )
+        tasks += routes_task.start(gateway)
         try:
             await stop.wait()
         finally:
@@ -264,5 +294,7 @@ def run_gateway(settings: Settings, config_path: Path | None = None) -> int:
             loop.add_signal_handler(signum, stop.set)
         await serve(settings, stop, config_path)
 
-    asyncio.run(main())
+    # uvloop cut the proxy's CPU time per request by about a tenth: 41 against 46 us
+    # with one process under wrk on a 2-core VM.
+    uvloop.run(main())
     return 0

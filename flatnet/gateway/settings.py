@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from flatnet.errors import FlatnetError
+from flatnet.gateway.log_settings import LogSettings, ReconcileSettings, check_tombstone_retention
+from flatnet.gateway.route_settings import RouteSettings
 
 _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 HostId = Annotated[int, Field(ge=1, le=254)]
+
+
+class StalePolicy(str, enum.Enum):
+    """What the proxy does for an owner silent longer than ``stale_after`` but still within ``ttl``."""
+
+    SERVE = "serve"
+    WARN = "warn"  # serve, with an X-Flatnet-Stale response header
+    REJECT = "reject"  # answer 503
 
 
 class Peer(BaseModel):
@@ -49,9 +60,25 @@ class Settings(BaseModel):
     stream_write_timeout: float = Field(
         10.0, gt=0, description="seconds a stream may wait for its reader before it is closed"
     )
-    upstream_connect_timeout: float = Field(3.0, gt=0)
-    upstream_timeout: float = Field(60.0, gt=0)
+    upstream_connect_timeout: float = Field(3.0, gt=0, description="seconds to connect upstream; past it the client gets 504")
+    upstream_timeout: float = Field(60.0, gt=0, description="seconds to wait for each read from upstream; past it 504")
+    tunnel_idle_timeout: float = Field(3600.0, gt=0, description="seconds an upgraded connection (WebSocket) may be silent")
+    client_idle_timeout: float = Field(75.0, gt=0, description="seconds an idle keep-alive client connection stays open")
+    stale_after: float | None = Field(
+        None, gt=0, description="seconds of silence after which an owner is stale; default min(3 heartbeats, ttl/2)"
+    )
+    stale_policy: StalePolicy = StalePolicy.WARN
+    proxy_workers: int = Field(1, ge=1, le=64, description="processes serving the LAN proxy, sharing its port")
+    decision_log_bytes: int = Field(64 << 20, ge=1 << 16, description="size at which the decision log rolls over")
+    decision_log_files: int = Field(4, ge=1, le=100, description="rolled-over decision logs kept besides the current one")
     peers: tuple[Peer, ...] = ()
+    routes: RouteSettings = RouteSettings()
+    # After ttl and resync: its check reads them.
+    log: LogSettings = Field(default_factory=LogSettings, validate_default=True)
+    reconcile: ReconcileSettings = ReconcileSettings()
+    cni_socket: Path | None = Field(
+        None, description="Unix socket of the CNI plugin's fast path; <data_dir>/gateway.sock, where the plugin looks, by default"
+    )
 
     @field_validator("api_listen", "proxy_listen")
     @classmethod
@@ -65,6 +92,13 @@ class Settings(BaseModel):
             raise ValueError(f"{value!r} has no valid port (1-65535)")
         return value
 
+    @field_validator("log")
+    @classmethod
+    def _tombstones_outlive_ttl(cls, value: LogSettings, info: ValidationInfo) -> LogSettings:
+        if "ttl" in info.data and "resync" in info.data:
+            check_tombstone_retention(value, info.data["ttl"], info.data["resync"])
+        return value
+
     @field_validator("domain")
     @classmethod
     def _is_domain(cls, value: str) -> str:
@@ -72,6 +106,19 @@ class Settings(BaseModel):
         if not _DOMAIN.match(value):
             raise ValueError(f"{value!r} must be a DNS suffix like 'flatnet' or 'lan.example'")
         return value
+
+    @model_validator(mode="after")
+    def _stale_before_expired(self) -> "Settings":
+        if self.stale_after is not None and self.stale_after >= self.ttl:
+            raise ValueError(f"stale_after {self.stale_after} must be less than ttl {self.ttl}, or the policy never applies")
+        return self
+
+    @property
+    def stale_seconds(self) -> float:
+        """Seconds of silence after which an owner's containers are served by ``stale_policy``."""
+        if self.stale_after is not None:
+            return self.stale_after
+        return min(3 * self.heartbeat, self.ttl / 2)
 
     @model_validator(mode="after")
     def _peers_are_others(self) -> "Settings":
@@ -83,6 +130,17 @@ class Settings(BaseModel):
                 raise ValueError(f"peer host_id {peer.host_id} is listed twice")
             seen.add(peer.host_id)
         return self
+
+    @field_validator("cni_socket")
+    @classmethod
+    def _is_absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"{str(value)!r} must be an absolute path, like '/var/lib/flatnet/gateway.sock'")
+        return value
+
+    @property
+    def cni_socket_path(self) -> Path:
+        return self.cni_socket or self.data_dir / "gateway.sock"
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:

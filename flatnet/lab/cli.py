@@ -21,6 +21,24 @@ i18n.define({
     "lab.help_hosts": ("number of simulated hosts, 1 to 99 (default 2)", "模擬ホストの数、1〜99（既定 2）"),
     "lab.help_ttl": ("registry TTL of the gateways in seconds (default 300)", "ゲートウェイのレジストリー TTL（秒、既定 300）"),
     "lab.help_mtu": ("MTU of Nebula's tun device and the containers in bytes (default 1300)", "Nebula の tun デバイスとコンテナーの MTU（バイト、既定 1300）"),
+    "lab.help_wsl": (
+        "run this host as WSL2: its Nebula runs in a second namespace that plays Windows (repeatable)",
+        "このホストを WSL2 として動かします。Nebula は Windows 役の別の名前空間で動きます（複数指定可）",
+    ),
+    "lab.help_join_later": (
+        "build this host but keep it out of the fleet until `flatnet lab join` (repeatable)",
+        "このホストを構築しますが、`flatnet lab join` までフリートに入れません（複数指定可）",
+    ),
+    "lab.help_join": (
+        "add a host to the fleet: rewrite every config, restart Nebula, reload the gateways' peers",
+        "ホストをフリートに追加します。全設定を書き換え、Nebula を再起動し、ゲートウェイのピアを再読み込みします",
+    ),
+    "lab.help_leave": (
+        "take a host out of the fleet: stop it, then rewrite and reload the others' configs",
+        "ホストをフリートから外します。停止してから、他のホストの設定を書き換えて再読み込みします",
+    ),
+    "lab.joined": ("{host} joined the fleet", "{host} がフリートに参加しました"),
+    "lab.left": ("{host} left the fleet", "{host} がフリートから外れました"),
     "lab.help_down": ("remove the lab's containers, processes, namespaces and files", "ラボのコンテナー、プロセス、名前空間、ファイルを削除します"),
     "lab.help_status": ("show hosts, addresses, processes and gateway health; exit status 1 unless all are up", "ホスト、アドレス、プロセス、ゲートウェイの状態を表示します。すべて正常でなければ終了ステータス 1"),
     "lab.help_json": ("print JSON instead of a table", "表の代わりに JSON を出力します"),
@@ -60,6 +78,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--hosts", type=int, default=2, metavar="N", help=i18n.text("lab.help_hosts"))
     up.add_argument("--ttl", type=int, default=300, metavar="SECONDS", help=i18n.text("lab.help_ttl"))
     up.add_argument("--mtu", type=int, default=1300, metavar="BYTES", help=i18n.text("lab.help_mtu"))
+    up.add_argument("--wsl", type=int, action="append", default=[], metavar="HOST_ID", help=i18n.text("lab.help_wsl"))
+    up.add_argument(
+        "--join-later", type=int, action="append", default=[], metavar="HOST_ID", help=i18n.text("lab.help_join_later"),
+    )
     up.set_defaults(run=run_up)
 
     down = actions.add_parser("down", help=i18n.text("lab.help_down"))
@@ -73,6 +95,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     execute.add_argument("member", metavar="HOST", help=i18n.text("lab.help_member"))
     execute.add_argument("command", nargs=argparse.REMAINDER, help=i18n.text("lab.help_command"))
     execute.set_defaults(run=run_exec)
+
+    for name, help_key, run in (("join", "lab.help_join", run_join), ("leave", "lab.help_leave", run_leave)):
+        action = actions.add_parser(name, help=i18n.text(help_key))
+        action.add_argument("host", metavar="HOST", help=i18n.text("lab.help_host"))
+        action.set_defaults(run=run)
 
     for name, help_key, run in (("stop", "lab.help_stop", run_stop), ("start", "lab.help_start", run_start)):
         action = actions.add_parser(name, help=i18n.text(help_key))
@@ -88,7 +115,23 @@ def _print(message: str) -> None:
 def run_up(args: argparse.Namespace) -> int:
     from flatnet.lab.build import up
 
-    up(hosts=args.hosts, ttl=args.ttl, mtu=args.mtu, progress=_print)
+    up(hosts=args.hosts, ttl=args.ttl, mtu=args.mtu, wsl=args.wsl, joined_later=args.join_later, progress=_print)
+    return 0
+
+
+def run_join(args: argparse.Namespace) -> int:
+    from flatnet.lab.lab import Lab
+
+    Lab.load().join(args.host)
+    _print(i18n.text("lab.joined", host=args.host))
+    return 0
+
+
+def run_leave(args: argparse.Namespace) -> int:
+    from flatnet.lab.lab import Lab
+
+    Lab.load().leave(args.host)
+    _print(i18n.text("lab.left", host=args.host))
     return 0
 
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flatnet import i18n
+from flatnet import i18n, nebula
 from flatnet.errors import FlatnetError
-from flatnet.lab import layout, namespaces, podman, services
+from flatnet.lab import config, layout, namespaces, podman, services
 from flatnet.lab.image import IMAGE
 from flatnet.lab.layout import LabPaths
 from flatnet.lab.namespaces import HttpResponse
@@ -37,6 +38,14 @@ i18n.define({
     "lab.already_running": (
         "{service} of {host} is already running as pid {pid}; stop it first with `flatnet lab stop {host} {service}`",
         "{host} の {service} はすでに pid {pid} で動いています。先に `flatnet lab stop {host} {service}` で停止してください",
+    ),
+    "lab.already_joined": (
+        "{host} is in the fleet already; take it out first with `flatnet lab leave {host}`",
+        "{host} はすでにフリートに入っています。先に `flatnet lab leave {host}` で外してください",
+    ),
+    "lab.not_joined": (
+        "{host} is not in the fleet; add it with `flatnet lab join {host}`",
+        "{host} はフリートに入っていません。`flatnet lab join {host}` で追加してください",
     ),
     "lab.nebula_needed": (
         "the gateway of {host} listens on its Nebula address, but Nebula of {host} is stopped;"
@@ -196,7 +205,8 @@ class Lab:
 
     def health(self, host: str, *, timeout: float = 1.0) -> Health:
         member = self.host(host, Service.GATEWAY)
-        return services.gateway_health(member.host_id, timeout=timeout)
+        url = services.health_url(member.host_id, self.state.settings)
+        return services.gateway_health(member.host_id, timeout=timeout, url=url)
 
     def process_state(self, host: str, service: Service | str) -> ProcessState:
         service = Service(service)
@@ -232,7 +242,7 @@ class Lab:
                 ))
             if service is Service.GATEWAY and self.process_state(host, Service.NEBULA) is ProcessState.STOPPED:
                 raise FlatnetError(i18n.text("lab.nebula_needed", host=host))
-            startup = services.start_service(service, self.paths, member.host_id)
+            startup = services.start_service(service, self.paths, member.host_id, self.state.settings)
             self.state.members[host].processes[service.value] = ProcessRecord(startup.pid, now_iso())
             write_state(self.paths, self.state)
         try:
@@ -242,6 +252,69 @@ class Lab:
             self.stop(host, service)
             raise
         return startup.pid
+
+    def restart(self, host: str, service: Service | str) -> int:
+        """Stop ``service`` of ``host`` if it runs, start it again, and return its new PID."""
+        self.stop(host, service)
+        return self.start(host, service)
+
+    def join(self, host: str) -> None:
+        """Add ``host`` to the fleet, as an operator adds a host: config files first, then restarts.
+
+        Every member's gateway config lists the new peer, and `flatnet nebula config --write`'s
+        merge gives every nebula.yml the new unsafe route and firewall rules. Nebula 1.6.1 reads
+        unsafe routes only at start, so each changed Nebula restarts, which takes the routes on
+        its tun with it. The gateways read their new peers on SIGHUP and put the routes back
+        within one reconcile interval.
+        """
+        member = self.host(host)
+        self.reload()
+        if member.host_id in self.state.fleet:
+            raise FlatnetError(i18n.text("lab.already_joined", host=host))
+        self._change_fleet(sorted({*self.state.fleet, member.host_id}))
+
+    def leave(self, host: str) -> None:
+        """Take ``host`` out of the fleet: stop its processes, then reconfigure the others as `join` does."""
+        member = self.host(host)
+        self.reload()
+        if member.host_id not in self.state.fleet:
+            raise FlatnetError(i18n.text("lab.not_joined", host=host))
+        self.stop(host, Service.GATEWAY)
+        self.stop(host, Service.NEBULA)
+        self._change_fleet(sorted(set(self.state.fleet) - {member.host_id}))
+
+    def _change_fleet(self, fleet: list[int]) -> None:
+        settings = self.state.settings
+        changed = []
+        for host_id in fleet:
+            name = layout.host_name(host_id)
+            self.paths.gateway_config(name).write_text(config.render_gateway_config(self.paths, host_id, settings, fleet))
+            if nebula.update_config_file(self.paths.nebula_config(name), host_id, fleet).changed:
+                changed.append(host_id)
+        with locked(self.paths):
+            self.reload()
+            self.state.fleet = fleet
+            write_state(self.paths, self.state)
+
+        # Nebula first, the lighthouse (host 1) before the others, then every gateway.
+        for host_id in fleet:
+            name = layout.host_name(host_id)
+            if self.process_state(name, Service.NEBULA) is ProcessState.STOPPED:
+                self.start(name, Service.NEBULA)
+            elif host_id in changed:
+                self.restart(name, Service.NEBULA)
+        for host_id in fleet:
+            name = layout.host_name(host_id)
+            if self.process_state(name, Service.GATEWAY) is ProcessState.STOPPED:
+                self.start(name, Service.GATEWAY)
+            else:
+                self.reload_peers(name)
+
+    def reload_peers(self, host: str) -> None:
+        """Send SIGHUP to the gateway of ``host``, which reads the peers of its config file again."""
+        record = self.host(host, Service.GATEWAY).processes[Service.GATEWAY.value]
+        if process_state(record.pid, self.paths.process_mark) is ProcessState.RUNNING:
+            os.kill(record.pid, signal.SIGHUP)
 
     def status(self, *, check_health: bool = True) -> list[MemberStatus]:
         """Return every member with its processes' states and, for hosts, the gateway's health."""
@@ -254,7 +327,8 @@ class Lab:
             ]
             health = None
             if member.is_host and check_health:
-                health = services.gateway_health(member.host_id)
+                url = services.health_url(member.host_id, self.state.settings)
+                health = services.gateway_health(member.host_id, url=url)
             statuses.append(MemberStatus(member, processes, health))
         return statuses
 

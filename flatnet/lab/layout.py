@@ -58,6 +58,9 @@ def lan_address(host_id: int) -> ipaddress.IPv4Address:
     return LAN_NETWORK.network_address + host_id
 
 
+NEBULA_NETWORK = ipaddress.IPv4Network("10.100.0.0/24")
+
+
 def nebula_address(host_id: int) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(f"10.100.0.{host_id}")
 
@@ -73,6 +76,43 @@ def bridge_address(host_id: int) -> ipaddress.IPv4Address:
 
 def api_url(host_id: int) -> str:
     return f"http://{nebula_address(host_id)}:{API_PORT}"
+
+
+# A WSL2 host of the lab: its Nebula runs in a second namespace that plays Windows, which holds
+# the host's LAN address, and the two are joined by a link of their own.
+WINDOWS_PREFIX = "w"
+
+
+def windows_name(host_id: int) -> str:
+    """Return the lab member that plays Windows for WSL2 host ``host_id`` (``w3``)."""
+    return f"{WINDOWS_PREFIX}{host_id}"
+
+
+def wsl_link(host_id: int) -> ipaddress.IPv4Network:
+    """Return the link between a WSL2 host and its Windows: 198.18.(100+h).0/24."""
+    return ipaddress.IPv4Network(f"198.18.{100 + host_id}.0/24")
+
+
+def windows_link_address(host_id: int) -> ipaddress.IPv4Address:
+    return wsl_link(host_id).network_address + 1
+
+
+def wsl_link_address(host_id: int) -> ipaddress.IPv4Address:
+    return wsl_link(host_id).network_address + 2
+
+
+def api_listen(host_id: int, *, wsl: bool = False) -> str:
+    """Return where a host's gateway API listens: its Nebula address, or a WSL2 host's link address.
+
+    Peers reach a WSL2 host's API at its Nebula address all the same, forwarded by Windows.
+    """
+    address = wsl_link_address(host_id) if wsl else nebula_address(host_id)
+    return f"{address}:{API_PORT}"
+
+
+def proxy_listen(host_id: int, *, wsl: bool = False) -> str:
+    address = wsl_link_address(host_id) if wsl else lan_address(host_id)
+    return f"{address}:{PROXY_PORT}"
 
 
 @dataclass(frozen=True)

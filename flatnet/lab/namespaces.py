@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from flatnet import i18n
 from flatnet.errors import FlatnetError
 from flatnet.lab import layout
-from flatnet.lab.processes import netns_path, run_command
+from flatnet.lab.processes import netns_path, nsenter_argv, run_command
 
 i18n.define({
     "lab.needs_root": (
@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 _CLONE_NEWNET = 0x40000000
 _NETNS_DIR = Path("/run/netns")
-_LAB_NETNS = re.compile(r"^flatnet-(lan|client|rm|h[0-9]+)$")
+_LAB_NETNS = re.compile(r"^flatnet-(lan|client|rm|[hw][0-9]+)$")
 # Python 3.11 has neither os.setns nor socket.IP_FREEBIND (both arrived in 3.12).
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -91,6 +91,44 @@ def join_lan(netns: str, address: str) -> None:
         ["ip", "-n", netns, "-batch", "-"],
         input_text=f"addr add {address}/{prefix} dev eth0\nlink set eth0 up\n",
     )
+
+
+def create_wsl_host(host_id: int) -> None:
+    """Create WSL2 host ``host_id`` and the namespace that plays its Windows.
+
+    Windows holds the host's LAN address and runs its Nebula. What Windows does for WSL2 is
+    played by: forwarding; a route to the WSL2 host's container subnet (an operator's
+    ``route add`` on Windows); the API port forwarded from the Nebula address to WSL2, as
+    ``netsh interface portproxy`` would; and NAT for WSL2's own traffic into the overlay, as
+    WinNAT does. The WSL2 host reaches the Nebula network through Windows, and the other
+    hosts' container subnets only through flatnet's ``via`` routes.
+    """
+    windows = layout.netns_name(layout.windows_name(host_id))
+    wsl = layout.netns_name(layout.host_name(host_id))
+    windows_address, wsl_address = layout.windows_link_address(host_id), layout.wsl_link_address(host_id)
+    prefix = layout.wsl_link(host_id).prefixlen
+    link = f"wsl-{layout.host_name(host_id)}"
+
+    join_lan(windows, str(layout.lan_address(host_id)))
+    enable_ip_forward(windows)
+    create(wsl)
+    run_command(["ip", "-n", windows, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", wsl])
+    run_command(["ip", "-n", windows, "-batch", "-"], input_text=(
+        f"addr add {windows_address}/{prefix} dev {link}\nlink set {link} up\n"
+        f"route add {layout.container_subnet(host_id)} via {wsl_address}\n"
+    ))
+    run_command(["ip", "-n", wsl, "-batch", "-"], input_text=(
+        f"addr add {wsl_address}/{prefix} dev eth0\nlink set eth0 up\n"
+        f"route add {layout.NEBULA_NETWORK} via {windows_address}\n"
+    ))
+    nebula = layout.NEBULA_DEVICE
+    run_command(nsenter_argv(windows, [
+        "iptables", "-t", "nat", "-A", "PREROUTING", "-i", nebula, "-d", f"{layout.nebula_address(host_id)}/32",
+        "-p", "tcp", "--dport", str(layout.API_PORT), "-j", "DNAT", "--to-destination", f"{wsl_address}:{layout.API_PORT}",
+    ]))
+    run_command(nsenter_argv(windows, [
+        "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", f"{wsl_address}/32", "-o", nebula, "-j", "MASQUERADE",
+    ]))
 
 
 def call_in(netns: str, function: Callable[[], T]) -> T:

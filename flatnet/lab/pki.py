@@ -10,30 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from flatnet import nebula
 from flatnet.lab import layout
 from flatnet.lab.layout import LabPaths
-from flatnet.lab.processes import run_command
 
 CA_NAME = "flatnet-lab"
 
 
 def create_pki(paths: LabPaths, host_ids: Iterable[int]) -> None:
-    """Create the lab's CA and one signed certificate per host under ``paths.pki_dir``.
+    """Create the lab's CA and one certificate per host under ``paths.pki_dir``, as `flatnet nebula sign` does.
 
     nebula-cert refuses to overwrite existing files, so this runs only on a fresh lab directory.
     """
     paths.pki_dir.mkdir(mode=0o700)
-    run_command([
-        "nebula-cert", "ca", "-name", CA_NAME,
-        "-out-crt", str(paths.ca_cert()), "-out-key", str(paths.ca_key()),
-    ])
+    nebula.create_ca(CA_NAME, paths.ca_cert(), paths.ca_key())
     for host_id in host_ids:
         name = layout.host_name(host_id)
-        run_command([
-            "nebula-cert", "sign",
-            "-ca-crt", str(paths.ca_cert()), "-ca-key", str(paths.ca_key()),
-            "-name", name,
-            "-ip", f"{layout.nebula_address(host_id)}/24",
-            "-subnets", str(layout.container_subnet(host_id)),
-            "-out-crt", str(paths.host_cert(name)), "-out-key", str(paths.host_key(name)),
-        ])
+        nebula.sign(
+            host_id, ca_crt=paths.ca_cert(), ca_key=paths.ca_key(),
+            out_crt=paths.host_cert(name), out_key=paths.host_key(name), name=name,
+        )

@@ -52,6 +52,8 @@ TOOL_PACKAGES = {
     "runc": "runc",
     "busybox": "busybox-static",
 }
+# Needed only by a lab with WSL2 hosts, whose Windows namespace forwards and NATs.
+OPTIONAL_TOOL_PACKAGES = {"iptables": "iptables"}
 STOP_GRACE_SECONDS = 5.0
 _POLL_SECONDS = 0.01
 
@@ -69,7 +71,7 @@ def require_tool(tool: str) -> str:
     """Return the path of ``tool`` on PATH, or raise naming the package that provides it."""
     path = shutil.which(tool)
     if path is None:
-        package = TOOL_PACKAGES.get(tool, tool)
+        package = TOOL_PACKAGES.get(tool) or OPTIONAL_TOOL_PACKAGES.get(tool, tool)
         raise FlatnetError(i18n.text("lab.tool_missing", tool=tool, package=package))
     return path
 

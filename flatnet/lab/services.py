@@ -14,6 +14,7 @@ from pathlib import Path
 from flatnet import i18n
 from flatnet.errors import FlatnetError
 from flatnet.lab import layout, namespaces
+from flatnet.lab.config import LabSettings
 from flatnet.lab.layout import LabPaths
 from flatnet.lab.processes import has_ended, log_tail, start_process
 
@@ -70,14 +71,12 @@ class Startup:
     pid: int
     log_path: Path
     log_offset: int
+    netns: str
+    health_url: str
 
     @property
     def host(self) -> str:
         return layout.host_name(self.host_id)
-
-    @property
-    def netns(self) -> str:
-        return layout.netns_name(self.host)
 
     def tail(self) -> str:
         return log_tail(self.log_path, start=self.log_offset)
@@ -90,16 +89,26 @@ class Startup:
             ))
 
 
-def start_service(service: Service, paths: LabPaths, host_id: int) -> Startup:
-    """Start ``service`` of ``host_id`` in the host's namespace, its output appended to its log."""
+def service_netns(service: Service, host_id: int, settings: LabSettings) -> str:
+    """Return the namespace ``service`` of ``host_id`` runs in: a WSL2 host's Nebula runs on its Windows."""
+    if service is Service.NEBULA and settings.is_wsl(host_id):
+        return layout.netns_name(layout.windows_name(host_id))
+    return layout.netns_name(layout.host_name(host_id))
+
+
+def health_url(host_id: int, settings: LabSettings) -> str:
+    """Return the URL of the gateway's health, as asked from inside its own host's namespace."""
+    return f"http://{layout.api_listen(host_id, wsl=settings.is_wsl(host_id))}{HEALTH_PATH}"
+
+
+def start_service(service: Service, paths: LabPaths, host_id: int, settings: LabSettings) -> Startup:
+    """Start ``service`` of ``host_id`` in its namespace, its output appended to its log."""
     name = layout.host_name(host_id)
     log_path = service_log(service, paths, name)
     log_offset = log_path.stat().st_size if log_path.exists() else 0
-    pid = start_process(
-        layout.netns_name(name), service_argv(service, paths, name),
-        log_path=log_path, cwd=paths.host_dir(name),
-    )
-    return Startup(service, host_id, pid, log_path, log_offset)
+    netns = service_netns(service, host_id, settings)
+    pid = start_process(netns, service_argv(service, paths, name), log_path=log_path, cwd=paths.host_dir(name))
+    return Startup(service, host_id, pid, log_path, log_offset, netns, health_url(host_id, settings))
 
 
 def wait_nebula_ready(startup: Startup, *, timeout: float = NEBULA_START_SECONDS) -> None:
@@ -134,10 +143,10 @@ class Health:
         return self.error or "no answer"
 
 
-def gateway_health(host_id: int, *, timeout: float = 1.0) -> Health:
-    """Ask the gateway of ``host_id`` for /api/health from inside its own namespace."""
+def gateway_health(host_id: int, *, timeout: float = 1.0, url: str | None = None) -> Health:
+    """Ask the gateway of ``host_id`` for /api/health from inside its namespace, at ``url`` or its Nebula address."""
     netns = layout.netns_name(layout.host_name(host_id))
-    url = layout.api_url(host_id) + HEALTH_PATH
+    url = url or layout.api_url(host_id) + HEALTH_PATH
     try:
         response = namespaces.http_get(netns, url, timeout=timeout)
     except OSError as error:
@@ -150,18 +159,19 @@ def gateway_health(host_id: int, *, timeout: float = 1.0) -> Health:
 
 
 def wait_gateway_ready(startup: Startup, *, timeout: float = GATEWAY_START_SECONDS) -> None:
-    """Wait until GET /api/health on the gateway's Nebula address returns 200.
+    """Wait until GET /api/health on the gateway's API address returns 200.
 
-    Its API listens on the Nebula address, so this needs Nebula up on the same host first.
+    The API listens on the Nebula address (a WSL2 host's: on its link to Windows), so this
+    needs Nebula up on the same host first.
     """
     deadline = time.monotonic() + timeout
-    health = gateway_health(startup.host_id, timeout=0.5)
+    health = gateway_health(startup.host_id, timeout=0.5, url=startup.health_url)
     while not health.ok:
         startup.fail_if_exited()
         if time.monotonic() > deadline:
             raise FlatnetError(i18n.text(
-                "lab.gateway_timeout", host=startup.host, url=layout.api_url(startup.host_id) + HEALTH_PATH,
+                "lab.gateway_timeout", host=startup.host, url=startup.health_url,
                 seconds=timeout, last=health.describe(), log=startup.log_path, tail=startup.tail(),
             ))
         time.sleep(_GATEWAY_POLL_SECONDS)
-        health = gateway_health(startup.host_id, timeout=0.5)
+        health = gateway_health(startup.host_id, timeout=0.5, url=startup.health_url)

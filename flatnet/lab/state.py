@@ -61,6 +61,8 @@ class MemberRecord:
     nebula_address: str | None = None
     subnet: str | None = None
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
+    # For a WSL2 host: the namespace that plays Windows and runs its Nebula.
+    windows_netns: str | None = None
 
     @property
     def is_host(self) -> bool:
@@ -75,6 +77,8 @@ class LabState:
     created_at: str
     members: dict[str, MemberRecord]
     version: int = STATE_VERSION
+    # Host ids in the fleet now: each lists the others as peers and routes to their subnets.
+    fleet: list[int] = field(default_factory=list)
 
     @property
     def hosts(self) -> list[MemberRecord]:
@@ -98,6 +102,7 @@ class LabState:
             created_at=document["created_at"],
             members=members,
             version=document["version"],
+            fleet=document.get("fleet") or [member.host_id for member in members.values() if member.is_host],
         )
 
 
@@ -115,6 +120,9 @@ def new_state(paths: LabPaths, settings: LabSettings, image: str) -> LabState:
             subnet=str(layout.container_subnet(host_id)),
             processes={"nebula": ProcessRecord(), "gateway": ProcessRecord()},
         )
+        if settings.is_wsl(host_id):
+            members[name].lan_address = str(layout.wsl_link_address(host_id))
+            members[name].windows_netns = layout.netns_name(layout.windows_name(host_id))
     members[layout.CLIENT] = MemberRecord(
         name=layout.CLIENT,
         netns=layout.netns_name(layout.CLIENT),
@@ -122,6 +130,7 @@ def new_state(paths: LabPaths, settings: LabSettings, image: str) -> LabState:
     )
     return LabState(
         lab_dir=str(paths.root), settings=settings, image=image, created_at=now_iso(), members=members,
+        fleet=list(settings.initial_fleet),
     )
 
 

@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flatnet.cli import build_parser
 from flatnet.errors import FlatnetError
@@ -39,37 +40,77 @@ def test_lab_dir_comes_from_environment(monkeypatch, tmp_path):
     assert layout.default_lab_dir() == Path("/var/lib/flatnet-lab")
 
 
-def test_lighthouse_config_has_no_lighthouse_hosts():
-    text = config.render_nebula_config(LAB, 1, THREE_HOSTS)
+def _nebula_config(host_id: int, settings: LabSettings = THREE_HOSTS, fleet=None) -> dict:
+    return yaml.safe_load(config.render_nebula_config(LAB, host_id, settings, fleet))
 
-    assert "am_lighthouse: true" in text
-    assert "hosts: []" in text
-    assert '"10.100.0.1": ["198.18.0.1:4242"]' in text
+
+def test_lighthouse_config_has_no_lighthouse_hosts():
+    nebula = _nebula_config(1)
+
+    assert nebula["lighthouse"]["am_lighthouse"] is True
+    assert nebula["lighthouse"]["hosts"] == []
+    assert nebula["static_host_map"] == {"10.100.0.1": ["198.18.0.1:4242"]}
 
 
 def test_member_config_points_at_lighthouse():
-    text = config.render_nebula_config(LAB, 2, THREE_HOSTS)
+    nebula = _nebula_config(2)
 
-    assert "am_lighthouse: false" in text
-    assert 'hosts: ["10.100.0.1"]' in text
-    assert '"10.100.0.1": ["198.18.0.1:4242"]' in text
-    assert 'cert: "/var/lib/flatnet-lab/pki/h2.crt"' in text
+    assert nebula["lighthouse"]["am_lighthouse"] is False
+    assert nebula["lighthouse"]["hosts"] == ["10.100.0.1"]
+    assert nebula["static_host_map"] == {"10.100.0.1": ["198.18.0.1:4242"]}
+    assert nebula["pki"]["cert"] == "/var/lib/flatnet-lab/pki/h2.crt"
 
 
 def test_unsafe_routes_cover_every_other_host():
-    text = config.render_nebula_config(LAB, 2, THREE_HOSTS)
+    nebula = _nebula_config(2)
 
-    assert "{route: 10.100.1.0/24, via: 10.100.0.1}" in text
-    assert "{route: 10.100.3.0/24, via: 10.100.0.3}" in text
-    assert "10.100.2.0/24" not in text
-    assert "dev: nebula1" in text
-    assert "mtu: 1300" in text
+    assert nebula["tun"]["unsafe_routes"] == [
+        {"route": "10.100.1.0/24", "via": "10.100.0.1", "metric": 100},
+        {"route": "10.100.3.0/24", "via": "10.100.0.3", "metric": 100},
+    ]
+    assert nebula["tun"]["dev"] == "nebula1"
+    assert nebula["tun"]["mtu"] == 1300
+
+
+def test_firewall_admits_only_the_fleet():
+    nebula = _nebula_config(2)
+
+    cidrs = [rule["cidr"] for rule in nebula["firewall"]["inbound"]]
+    assert cidrs == ["10.100.0.1/32", "10.100.1.0/24", "10.100.0.3/32", "10.100.3.0/24"]
+    assert nebula["firewall"]["outbound"] == nebula["firewall"]["inbound"]
+
+
+def test_host_joined_later_is_left_out_of_the_fleet():
+    settings = LabSettings(hosts=3, ttl=300, mtu=1300, joined_later=(3,))
+
+    nebula = _nebula_config(1, settings)
+    gateway = tomllib.loads(config.render_gateway_config(LAB, 1, settings))
+
+    assert [route["route"] for route in nebula["tun"]["unsafe_routes"]] == ["10.100.2.0/24"]
+    assert [peer["host_id"] for peer in gateway["peers"]] == [2]
 
 
 def test_single_host_has_empty_unsafe_routes():
-    text = config.render_nebula_config(LAB, 1, LabSettings(hosts=1, ttl=300, mtu=1300))
+    nebula = _nebula_config(1, LabSettings(hosts=1, ttl=300, mtu=1300))
 
-    assert "unsafe_routes: []" in text
+    assert nebula["tun"]["unsafe_routes"] == []
+
+
+def test_gateways_keep_routes_through_nebula():
+    settings = tomllib.loads(config.render_gateway_config(LAB, 2, THREE_HOSTS))
+
+    assert settings["routes"] == {"mode": "dev", "device": "nebula1"}
+
+
+def test_wsl_host_routes_via_its_windows():
+    wsl = LabSettings(hosts=3, ttl=300, mtu=1300, wsl=(3,))
+
+    settings = tomllib.loads(config.render_gateway_config(LAB, 3, wsl))
+    network = json.loads(config.render_conflist(LAB, 3, wsl))
+
+    assert settings["routes"] == {"mode": "via", "via": "198.18.103.1"}
+    assert settings["api_listen"] == "198.18.103.2:8080"
+    assert network["plugins"][0]["registryEndpoints"] == ["http://198.18.103.2:8080"]
 
 
 @pytest.mark.skipif(shutil.which("nebula") is None or shutil.which("nebula-cert") is None,
@@ -172,8 +213,17 @@ def test_conflist_runs_flatnet_plugin():
             "dataDir": "/var/lib/flatnet-lab/h2/data",
             "bridge": "flatnet0",
             "mtu": 1400,
+            "capabilities": {"portMappings": True, "aliases": True},
+            "reuseDelay": 300,
         }],
     }
+
+
+def test_chained_conflist_runs_portmap_and_tuning_after_flatnet():
+    network = json.loads(config.render_conflist(LAB, 2, THREE_HOSTS, chained=config.PORTMAP_AND_TUNING))
+
+    assert [plugin["type"] for plugin in network["plugins"]] == ["flatnet", "portmap", "tuning"]
+    assert network["plugins"][1]["capabilities"] == {"portMappings": True}
 
 
 @pytest.mark.parametrize(("hosts", "ttl", "mtu", "named"), [
