@@ -47,6 +47,9 @@ STOP_TIMEOUT_SECONDS = 10.0
 _PEER_CREDENTIALS = struct.Struct("3i")
 
 
+# Label values stay few: anything else a client sends is not counted.
+_COUNTED_COMMANDS = frozenset({"ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS"})
+
 class GatewayAnnouncer:
     """Announces a command's changes from its thread: into the outbox, which the gateway drains at once.
 
@@ -189,9 +192,13 @@ class CniSocket:
         started = time.perf_counter()
         async with self._slots:
             stdout, code = await self._run_in_thread(pid, environ, stdin)
+        seconds = time.perf_counter() - started
         logger.debug("fast path %s %s/%s for pid %d: exit %d in %.1f ms", environ.get("CNI_COMMAND"),
-                     environ.get("CNI_CONTAINERID"), environ.get("CNI_IFNAME"), pid, code,
-                     (time.perf_counter() - started) * 1000)
+                     environ.get("CNI_CONTAINERID"), environ.get("CNI_IFNAME"), pid, code, seconds * 1000)
+        command = environ.get("CNI_COMMAND", "")
+        if command in _COUNTED_COMMANDS:
+            self.gateway.metrics.plugin_commands.labels(command, "fast").inc()
+            self.gateway.metrics.plugin_duration.labels(command, "fast").observe(seconds)
         writer.write(b"%d\n" % code + stdout)
         await writer.drain()
 

@@ -14,6 +14,7 @@ import pytest
 
 from flatnet.cni import launcher, spec
 from tests.cni.conftest import BRIDGE, FAST, HOST_ID, IN_PROCESS, Plugin, PluginHost, container_address, link_names
+from tests.gateway.harness import http
 
 pytestmark = pytest.mark.root
 
@@ -217,3 +218,29 @@ def test_socket_path_longer_than_sun_path_works(tmp_path):
         assert plugin.used_fast_path("ADD", container_id)
     finally:
         host.stop()
+
+
+
+def _metric(host: PluginHost, sample: str) -> float:
+    status, body = http(host.name, "GET", f"{host.gateway.api}/metrics")
+    assert status == 200, body
+    for line in body.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_fast_path_commands_are_counted_in_metrics(fast):
+    added = 'flatnet_plugin_commands_total{command="ADD",path="fast"}'
+    deleted = 'flatnet_plugin_commands_total{command="DEL",path="fast"}'
+    timed = 'flatnet_plugin_command_duration_seconds_count{command="ADD",path="fast"}'
+    before = {name: _metric(fast.host, name) for name in (added, deleted, timed)}
+    netns = fast.container()
+    container_id = uuid.uuid4().hex
+
+    fast.add(container_id, netns)
+    fast.delete(container_id, netns)
+
+    assert _metric(fast.host, added) == before[added] + 1
+    assert _metric(fast.host, deleted) == before[deleted] + 1
+    assert _metric(fast.host, timed) == before[timed] + 1
