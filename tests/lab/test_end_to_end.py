@@ -2,32 +2,23 @@
 
 import concurrent.futures
 import json
-import os
 import re
-import shutil
 import uuid
 
 import pytest
 
 from flatnet.lab import build, teardown
+from tests.conftest import require_root
 from tests.gateway.harness import wait_until
 
 pytestmark = pytest.mark.lab
 
 
+LAB_TOOLS = ("podman", "nebula", "nebula-cert", "nsenter", "curl")
+
+
 def _require_lab_tools() -> None:
-    reason = None
-    if os.geteuid() != 0:
-        reason = "end-to-end tests need root to build the lab"
-    else:
-        missing = [tool for tool in ("podman", "nebula", "nebula-cert", "nsenter", "curl") if shutil.which(tool) is None]
-        if missing:
-            reason = f"end-to-end tests need {', '.join(missing)}; run 'make deps'"
-    if reason is None:
-        return
-    if os.environ.get("FLATNET_REQUIRE_LAB") == "1":
-        pytest.fail(reason + " (FLATNET_REQUIRE_LAB=1 forbids skipping)")
-    pytest.skip(reason)
+    require_root("end-to-end tests on a lab", tools=LAB_TOOLS)
 
 
 @pytest.fixture(scope="module")

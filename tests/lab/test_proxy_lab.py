@@ -4,7 +4,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,9 @@ import pytest
 
 from flatnet.lab import build, teardown
 from flatnet.lab.namespaces import call_in
+from tests.conftest import require_root
 from tests.gateway.harness import wait_until
+from tests.lab.test_end_to_end import LAB_TOOLS
 
 pytestmark = pytest.mark.lab
 
@@ -25,18 +26,7 @@ GATEWAY_1 = "http://198.18.0.1"
 
 
 def _require_lab_tools() -> None:
-    reason = None
-    if os.geteuid() != 0:
-        reason = "lab proxy tests need root to build the lab"
-    else:
-        missing = [tool for tool in ("podman", "nebula", "nebula-cert", "nsenter", "curl", "iptables", "ss") if shutil.which(tool) is None]
-        if missing:
-            reason = f"lab proxy tests need {', '.join(missing)}; run 'make deps'"
-    if reason is None:
-        return
-    if os.environ.get("FLATNET_REQUIRE_LAB") == "1":
-        pytest.fail(reason + " (FLATNET_REQUIRE_LAB=1 forbids skipping)")
-    pytest.skip(reason)
+    require_root("lab proxy tests", tools=(*LAB_TOOLS, "iptables", "ss"))
 
 
 @pytest.fixture(scope="module")

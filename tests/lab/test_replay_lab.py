@@ -6,7 +6,6 @@ both data directories must verify, live, as the gateways left them.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,6 +14,8 @@ import time
 import pytest
 
 from flatnet.lab import build, teardown
+from tests.conftest import require_root
+from tests.lab.test_end_to_end import LAB_TOOLS
 
 pytestmark = pytest.mark.lab
 
@@ -24,18 +25,7 @@ GATEWAYS = {"h1": "http://198.18.0.1/", "h2": "http://198.18.0.2/"}
 
 
 def _require_lab_tools() -> None:
-    reason = None
-    if os.geteuid() != 0:
-        reason = "the replay lab test needs root to build the lab"
-    else:
-        missing = [tool for tool in ("podman", "nebula", "nebula-cert", "nsenter") if shutil.which(tool) is None]
-        if missing:
-            reason = f"the replay lab test needs {', '.join(missing)}; run 'make deps'"
-    if reason is None:
-        return
-    if os.environ.get("FLATNET_REQUIRE_LAB") == "1":
-        pytest.fail(reason + " (FLATNET_REQUIRE_LAB=1 forbids skipping)")
-    pytest.skip(reason)
+    require_root("the replay lab test", tools=LAB_TOOLS)
 
 
 @pytest.fixture(scope="module")
