@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from flatnet.lab import build, teardown
 from tests.conftest import require_root
 from tests.gateway.harness import wait_until
+from tests.lab.conftest import built_lab
 
 pytestmark = pytest.mark.lab
 
@@ -24,12 +24,8 @@ def _require_lab_tools() -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     _require_lab_tools()
-    lab_dir = tmp_path_factory.mktemp("lab")
-    built = build.up(hosts=2, lab_dir=lab_dir)
-    try:
+    with built_lab(tmp_path_factory, hosts=2) as built:
         yield built
-    finally:
-        teardown.down(lab_dir=lab_dir)
 
 
 def _name(prefix: str) -> str:

@@ -13,10 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from flatnet.lab import build, teardown
 from flatnet.lab.namespaces import call_in
 from tests.conftest import require_root
 from tests.gateway.harness import wait_until
+from tests.lab.conftest import built_lab
 from tests.lab.test_end_to_end import LAB_TOOLS
 
 pytestmark = pytest.mark.lab
@@ -32,12 +32,8 @@ def _require_lab_tools() -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     _require_lab_tools()
-    lab_dir = tmp_path_factory.mktemp("lab")
-    built = build.up(hosts=3, lab_dir=lab_dir)
-    try:
+    with built_lab(tmp_path_factory, hosts=3) as built:
         yield built
-    finally:
-        teardown.down(lab_dir=lab_dir)
 
 
 def _hosts_of(lab, host: str, name: str) -> list[int]:

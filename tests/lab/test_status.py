@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flatnet.lab import build, teardown
 from tests.gateway.harness import wait_until
+from tests.lab.conftest import built_lab
 from tests.lab.test_end_to_end import _require_lab_tools
 
 pytestmark = pytest.mark.lab
@@ -20,12 +20,8 @@ FLATNET = str(Path(sys.executable).parent / "flatnet")
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     _require_lab_tools()
-    lab_dir = tmp_path_factory.mktemp("lab")
-    built = build.up(hosts=3, lab_dir=lab_dir)
-    try:
+    with built_lab(tmp_path_factory, hosts=3) as built:
         yield built
-    finally:
-        teardown.down(lab_dir=lab_dir)
 
 
 def _status(lab, *extra: str) -> dict:

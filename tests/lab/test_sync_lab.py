@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from flatnet.lab import build, teardown
 from tests.gateway.harness import wait_until
+from tests.lab.conftest import built_lab
 from tests.lab.test_end_to_end import _require_lab_tools
 
 pytestmark = pytest.mark.lab
@@ -22,12 +22,8 @@ HOSTS = ("h1", "h2", "h3")
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     _require_lab_tools()
-    lab_dir = tmp_path_factory.mktemp("lab")
-    built = build.up(hosts=3, ttl=TTL, lab_dir=lab_dir)
-    try:
+    with built_lab(tmp_path_factory, hosts=3, ttl=TTL) as built:
         yield built
-    finally:
-        teardown.down(lab_dir=lab_dir)
 
 
 def _view(lab, host: str) -> list[dict]:
