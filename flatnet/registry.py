@@ -372,14 +372,14 @@ class View:
         return {"containers": containers, "tombstones": [], "tombstoneCutoff": ""}
 
     def replace_origin(self, origin: int, state: Any, head: int) -> int:
-        """Make ``origin``'s part of the view what ``state`` says at seq ``head``; return the containers now held.
+        """Replace ``origin``'s part of the view with ``state`` at seq ``head`` and return how many containers it now has.
 
-        Raises ViewStateError, changing nothing, when ``state`` is invalid or holds another origin's containers.
+        Raises ViewStateError, changing nothing, when ``state`` is invalid or contains another origin's containers.
         """
         incoming = View.from_state(state, {origin: head})
         strangers = sorted(other for other in incoming._origins if other != origin)
         if strangers:
-            raise ViewStateError(f"a snapshot of origin {origin} holds containers of origins {strangers}")
+            raise ViewStateError(f"a snapshot of origin {origin} contains containers of origins {strangers}")
         self.drop_origin(origin)
         held = incoming._origins.get(origin, {})
         self._origins[origin] = dict(held)

@@ -99,7 +99,7 @@ async def _stream_once(gateway: Gateway, peer: Peer, session: aiohttp.ClientSess
             return True
         if response.status != 200:
             body = await response.text()
-            raise StreamRejected(f"peer {peer.host_id} answered HTTP {response.status}: {body[:300]}")
+            raise StreamRejected(f"peer {peer.host_id} responded with HTTP {response.status}: {body[:300]}")
 
         status.state = PeerState.CONNECTED
         status.last_error = ""
@@ -124,7 +124,7 @@ def _check_same_node(gateway: Gateway, peer: Peer, event: Event, head: int) -> N
     status = gateway.peers[peer.host_id]
     if not status.replica_node:
         replica = gateway.journal.log.origin(peer.host_id)
-        # A replica rebuilt from a snapshot holds no event yet to learn the node from.
+        # A replica rebuilt from a snapshot contains no event yet to learn the node from.
         last = next(iter(replica.read(head - 1)), None) if head > replica.compacted_through else None
         status.replica_node = last.node if last is not None else event.node
     if event.node != status.replica_node:
@@ -135,7 +135,7 @@ def _check_same_node(gateway: Gateway, peer: Peer, event: Event, head: int) -> N
 
 
 def _reset_replica(gateway: Gateway, peer: Peer, after: int, body: str) -> None:
-    """Start the peer's replica over after it answered with a reset.
+    """Start the peer's replica over after it responded with a reset.
 
     Only the peer writes its own origin, and only the configured address is
     followed, so its word is taken: it lost its disk, or a new node took the
@@ -146,7 +146,7 @@ def _reset_replica(gateway: Gateway, peer: Peer, after: int, body: str) -> None:
     except orjson.JSONDecodeError:
         detail = {}
     if not isinstance(detail, dict) or detail.get("error") != "reset":
-        raise StreamRejected(f"peer {peer.host_id} answered 409 without a reset body: {body[:300]}")
+        raise StreamRejected(f"peer {peer.host_id} responded 409 without a reset body: {body[:300]}")
     archived, dropped = gateway.journal.reset_replica(peer.host_id)
     gateway.peers[peer.host_id].replica_node = ""
     gateway.metrics.stream_resets.labels(str(peer.host_id)).inc()
@@ -195,7 +195,7 @@ async def pull_once(gateway: Gateway, peer: Peer, session: aiohttp.ClientSession
             raise Compacted(f"peer {peer.host_id} compacted the events after seq {after}")
         if response.status != 200:
             body = await response.text()
-            raise StreamRejected(f"peer {peer.host_id} answered HTTP {response.status}: {body[:300]}")
+            raise StreamRejected(f"peer {peer.host_id} responded with HTTP {response.status}: {body[:300]}")
         async for line in response.content:
             if not line.strip():
                 continue
@@ -253,7 +253,7 @@ async def adopt_peer_snapshot(gateway: Gateway, peer: Peer, session: aiohttp.Cli
     url = f"{peer.base_url}/api/snapshot"
     async with session.get(url, params={"origin": str(peer.host_id)}, timeout=aiohttp.ClientTimeout(total=30)) as response:
         if response.status != 200:
-            raise StreamRejected(f"peer {peer.host_id} answered HTTP {response.status} for its snapshot: {(await response.text())[:300]}")
+            raise StreamRejected(f"peer {peer.host_id} responded with HTTP {response.status} for its snapshot: {(await response.text())[:300]}")
         body = orjson.loads(await response.read())
     if not isinstance(body, dict) or not isinstance(body.get("head"), int) or "state" not in body:
         raise StreamRejected(f"peer {peer.host_id} sent a snapshot without head and state")
@@ -273,7 +273,7 @@ async def adopt_peer_snapshot(gateway: Gateway, peer: Peer, session: aiohttp.Cli
 
 
 async def backstop(gateway: Gateway, session: aiohttp.ClientSession) -> None:
-    """Every ``resync`` seconds, compare each peer's head and digest with ours and repair what the stream missed."""
+    """Compare each peer's head and digest with ours every ``resync`` seconds, and repair what the stream missed."""
     while True:
         await asyncio.sleep(gateway.settings.resync)
         for peer in gateway.settings.peers:

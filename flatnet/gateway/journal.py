@@ -347,7 +347,7 @@ class Journal:
         return outcome
 
     def reset_replica(self, origin: int) -> tuple[Path | None, int]:
-        """Start ``origin``'s replica over, for a peer that answered with a reset.
+        """Start ``origin``'s replica over, for a peer that responded with a reset.
 
         The old replica is archived, its containers leave the view, and a
         snapshot is written at once, so that a restart cannot bring the old

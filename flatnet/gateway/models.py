@@ -82,7 +82,7 @@ class ContainerAdded(BaseModel):
 
 
 class ContainerEntry(BaseModel):
-    """One container of the fleet as this gateway's view holds it."""
+    """One container of the fleet, as it is in this gateway's view."""
 
     id: str
     ip: str
@@ -97,7 +97,7 @@ class ContainerEntry(BaseModel):
 
 
 class ChangeAccepted(BaseModel):
-    """The answer to a change: its event id, the seq it got, and whether it was already recorded."""
+    """The response to a change: its event id, the seq it got, and whether it was already recorded."""
 
     eventId: str
     seq: int | None = Field(description="the seq the change got in this host's log; null for a duplicate")
@@ -110,7 +110,7 @@ class PeerHealth(BaseModel):
     lastHeardSecondsAgo: float | None
     expired: bool
     replicaHead: int = Field(description="the last seq of the peer stored here")
-    remoteHead: int = Field(description="the peer's head as its last frame said")
+    remoteHead: int = Field(description="the peer's head as carried by its last frame")
     node: str = Field(description="the node id the peer's last heartbeat carried; empty before the first")
     repairs: int = Field(description="times the snapshot backstop repaired this peer's replica")
     inSyncSince: str | None = Field(description="since when the backstop has found the replica equal to the peer's own; null when not")
@@ -119,7 +119,7 @@ class PeerHealth(BaseModel):
 
 
 class Health(BaseModel):
-    """What `GET /api/health` returns."""
+    """The body of `GET /api/health`."""
 
     status: str
     hostId: int
@@ -137,11 +137,11 @@ class Health(BaseModel):
 
 
 class OriginSnapshot(BaseModel):
-    """What `GET /api/snapshot` returns: this gateway's view of one origin."""
+    """The body of `GET /api/snapshot`: this gateway's view of one origin."""
 
     origin: int
     head: int = Field(description="the origin's last seq folded into this view")
-    node: str = Field(description="the node id of the gateway answering")
+    node: str = Field(description="the node id of the responding gateway")
     epoch: int
     digest: str = Field(description="SHA-256 of the origin's containers as exported; equal views have equal digests")
     containers: int = Field(description="how many live containers the origin has in this view")
