@@ -140,11 +140,13 @@ class Demo:
         page = result.stdout.strip()
         if "web-b1" not in page:
             raise CheckFailed(f"curl returned {page!r} (exit {result.returncode}), expected the page of web-b1")
-        lines = [line for line in self.lab.access_log("h1").splitlines() if 'host="web-b1.flatnet"' in line]
-        if not lines:
-            raise CheckFailed("gateway 1's access log has no line for web-b1.flatnet")
+        # The gateway writes decisions in the background, after the response is sent.
+        lines = _wait_for(lambda: self._access_lines("h1", "web-b1.flatnet"), "a line for web-b1.flatnet in gateway 1's access log")
         decision = re.search(r"decision=\S+ target=\S+ owner=\S+ status=\d+", lines[-1])
         return f"page: {page!r}; access log: {decision.group(0) if decision else lines[-1]}"
+
+    def _access_lines(self, host: str, name: str) -> list[str]:
+        return [line for line in self.lab.access_log(host).splitlines() if f'host="{name}"' in line]
 
     def offline(self) -> str:
         self.lab.stop("h2", "gateway")

@@ -109,7 +109,12 @@ def test_lan_client_reaches_container_on_h2_through_gateway_1(lab):
 
     print(result.stdout)
     assert "web-b1" in result.stdout
-    access = [line for line in lab.access_log("h1").splitlines() if 'host="web-b1.flatnet"' in line]
+    # The gateway writes decisions in the background, after the response is sent.
+    access = wait_until(
+        lambda: [line for line in lab.access_log("h1").splitlines() if 'host="web-b1.flatnet"' in line],
+        10,
+        "a line for web-b1.flatnet in gateway 1's access log",
+    )
     print(access[-1])
     assert "decision=peer" in access[-1]
     assert "status=200" in access[-1]
