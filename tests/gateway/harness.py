@@ -50,7 +50,9 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.1):
 class GatewayProcess:
     """One `flatnet gateway` process in ``netns``, API on 127.0.<host>.1:8080."""
 
-    def __init__(self, netns: str, workdir: Path, host_id: int, peers: list[int], *, ttl: float = 300, heartbeat: float = 1):
+    def __init__(
+        self, netns: str, workdir: Path, host_id: int, peers: list[int], *, ttl: float = 300, heartbeat: float = 1, **settings,
+    ):
         self.netns = netns
         self.host_id = host_id
         self.dir = workdir / f"h{host_id}"
@@ -71,6 +73,8 @@ class GatewayProcess:
             f"ttl = {ttl}",
             f"heartbeat = {heartbeat}",
         ]
+        # Top-level keys must come before the [[peers]] tables.
+        lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
         for peer in peers:
             lines += ["[[peers]]", f"host_id = {peer}", f'api = "http://127.0.{peer}.1:8080"']
         self.config.write_text("\n".join(lines) + "\n")
@@ -155,3 +159,38 @@ class WebServer:
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)
         self.process.wait(timeout=10)
+
+
+def follower_ports(gateway: GatewayProcess, peer: int) -> list[int]:
+    """Return the local ports of ``gateway``'s established connections to ``peer``'s API."""
+    result = netns_run(
+        gateway.netns, ["ss", "-tnpH", "state", "established", "dst", f"127.0.{peer}.1:8080"],
+        capture_output=True, text=True, check=True,
+    )
+    return [int(line.split()[2].rsplit(":", 1)[1]) for line in result.stdout.splitlines() if f"pid={gateway.process.pid}," in line]
+
+
+def is_following(gateway: GatewayProcess, peers: list[int]) -> bool:
+    states = gateway.health()["peers"]
+    return all(states[str(peer)]["state"] == "connected" for peer in peers)
+
+
+def stall_streams(gateway: GatewayProcess, peers: list[int]) -> list[list[str]]:
+    """Drop what ``peers`` send on ``gateway``'s event streams, so its view of them goes stale.
+
+    The follower notices only after 3 heartbeats without a frame, then
+    reconnects on a new port and catches up. Returns the rules for :func:`unstall`.
+    """
+    rules = []
+    for peer in peers:
+        for port in follower_ports(gateway, peer):
+            rule = ["INPUT", "-p", "tcp", "-s", f"127.0.{peer}.1", "--sport", "8080", "--dport", str(port), "-j", "DROP"]
+            netns_run(gateway.netns, ["iptables", "-A", *rule], check=True)
+            rules.append(rule)
+    assert len(rules) == len(peers), f"found {len(rules)} event streams of gateway {gateway.host_id} to stall"
+    return rules
+
+
+def unstall(netns: str, rules: list[list[str]]) -> None:
+    for rule in rules:
+        netns_run(netns, ["iptables", "-D", *rule], check=True)

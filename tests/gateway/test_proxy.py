@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.gateway.backends import CHUNKS, GZIPPED, Backend, NamespaceLoop, add_address, raw_exchange
-from tests.gateway.harness import GatewayProcess, http, wait_until
+from tests.gateway.harness import GatewayProcess, follower_ports, http, is_following, stall_streams, unstall, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -33,11 +33,7 @@ class World:
     def start(self, host_ids=(1,), *, ttl: float = 300, heartbeat: float = 1, **settings) -> dict[int, GatewayProcess]:
         for host_id in host_ids:
             peers = [other for other in host_ids if other != host_id]
-            gateway = GatewayProcess(self.netns, self.workdir, host_id, peers, ttl=ttl, heartbeat=heartbeat)
-            # Top-level keys must come before the [[peers]] tables.
-            own, _, tables = gateway.config.read_text().partition("[[peers]]")
-            extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
-            gateway.config.write_text(own + extra + ("[[peers]]" + tables if tables else ""))
+            gateway = GatewayProcess(self.netns, self.workdir, host_id, peers, ttl=ttl, heartbeat=heartbeat, **settings)
             gateway.start()
             self.gateways[host_id] = gateway
         return self.gateways
@@ -93,41 +89,6 @@ def record_of(gateway: GatewayProcess, request_id: str) -> dict:
     return wait_until(
         lambda: next((r for r in records(gateway) if r["request_id"] == request_id), None), 5, f"the record of {request_id}"
     )
-
-
-def _follower_ports(netns: str, pid: int, peer: str) -> list[int]:
-    """Local ports of ``pid``'s established connections to ``peer`` (ip:port)."""
-    result = subprocess.run(
-        ["ip", "netns", "exec", netns, "ss", "-tnpH", "state", "established", "dst", peer],
-        capture_output=True, text=True, check=True,
-    )
-    return [int(line.split()[2].rsplit(":", 1)[1]) for line in result.stdout.splitlines() if f"pid={pid}," in line]
-
-
-def stall_streams(netns: str, gateway: GatewayProcess, peers: list[int]) -> list[list[str]]:
-    """Drop what ``peers`` send on ``gateway``'s event streams, so its view of them goes stale.
-
-    The follower notices only after 3 heartbeats without a frame, then
-    reconnects on a new port and catches up. Returns the rules to delete.
-    """
-    rules = []
-    for peer in peers:
-        for port in _follower_ports(netns, gateway.process.pid, f"127.0.{peer}.1:8080"):
-            rule = ["INPUT", "-p", "tcp", "-s", f"127.0.{peer}.1", "--sport", "8080", "--dport", str(port), "-j", "DROP"]
-            subprocess.run(["ip", "netns", "exec", netns, "iptables", "-A", *rule], check=True)
-            rules.append(rule)
-    assert len(rules) == len(peers), f"found {len(rules)} event streams of gateway {gateway.host_id} to stall"
-    return rules
-
-
-def _connected(gateway: GatewayProcess, peers: list[int]) -> bool:
-    states = gateway.health()["peers"]
-    return all(states[str(peer)]["state"] == "connected" for peer in peers)
-
-
-def unstall(netns: str, rules: list[list[str]]) -> None:
-    for rule in rules:
-        subprocess.run(["ip", "netns", "exec", netns, "iptables", "-D", *rule], check=True)
 
 
 # Names
@@ -466,12 +427,12 @@ def test_remote_container_is_reached_over_one_pooled_connection(world):
     world.backend("web-b1", "10.100.2.10", 8002)
     gateways[2].add_container("web-b1", "10.100.2.10", ports=[8002])
     wait_until(lambda: any(e["hostname"] == "web-b1" for e in gateways[1].containers()), 5, "web-b1 on gateway 1")
-    streams = len(_follower_ports(world.netns, gateways[1].process.pid, "127.0.2.1:8080"))
+    streams = len(follower_ports(gateways[1], 2))
 
     answers = [world.request(f"{gateways[1].proxy}/", host="web-b1.flatnet:80") for _ in range(5)]
 
     assert [body for _, _, body in answers] == [b"web-b1\n"] * 5
-    assert len(_follower_ports(world.netns, gateways[1].process.pid, "127.0.2.1:8080")) == streams + 1
+    assert len(follower_ports(gateways[1], 2)) == streams + 1
     first = record_of(gateways[1], answers[0][1]["X-Request-Id"])
     assert first["decision"] == "peer"
     assert first["owner"] == 2
@@ -538,8 +499,8 @@ def test_stale_view_is_healed_and_request_reaches_new_owner(world):
     old = gateways[2].add_container("mover", "10.100.2.10", ports=[8002])
     wait_until(lambda: any(e["hostname"] == "mover" for e in gateways[1].containers()), 5, "mover on gateway 1")
 
-    wait_until(lambda: _connected(gateways[1], [2, 3]), 15, "gateway 1 to follow gateways 2 and 3")
-    rules = stall_streams(world.netns, gateways[1], [2, 3])
+    wait_until(lambda: is_following(gateways[1], [2, 3]), 15, "gateway 1 to follow gateways 2 and 3")
+    rules = stall_streams(gateways[1], [2, 3])
     try:
         gateways[2].remove_container(old["id"])
         gateways[3].add_container("mover", "10.100.3.10", ports=[8003])
@@ -565,8 +526,8 @@ def test_staleness_policy_applies_to_silent_owner(world, policy, expected):
     gateways[2].add_container("quiet", "10.100.2.10", ports=[8002])
     wait_until(lambda: any(e["hostname"] == "quiet" for e in gateways[1].containers()), 5, "quiet on gateway 1")
 
-    wait_until(lambda: _connected(gateways[1], [2]), 15, "gateway 1 to follow gateway 2")
-    rules = stall_streams(world.netns, gateways[1], [2])
+    wait_until(lambda: is_following(gateways[1], [2]), 15, "gateway 1 to follow gateway 2")
+    rules = stall_streams(gateways[1], [2])
     try:
         time.sleep(2.5)
         status, headers, _ = world.request(f"{gateways[1].proxy}/", host="quiet.flatnet")

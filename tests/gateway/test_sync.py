@@ -10,7 +10,7 @@ import pytest
 from flatnet.events import outbox
 from flatnet.events.log import OriginLog
 from flatnet.events.record import CONTAINER_ADDED, Change
-from tests.gateway.harness import GatewayProcess, http, wait_until
+from tests.gateway.harness import GatewayProcess, http, is_following, stall_streams, unstall, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -201,3 +201,30 @@ def test_follower_behind_compacted_log_adopts_snapshot(fleet):
     gateways[1].start()
     assert len(_names(gateways[1])) == 41
 
+
+
+def test_backstop_repairs_stalled_stream(fleet):
+    # A long heartbeat keeps the follower from noticing the stall by itself, so only the backstop can repair it.
+    gateways = fleet(heartbeat=30, resync=0.5)
+    gateways[2].add_container("before-stall", "10.100.2.10")
+    wait_until(lambda: "before-stall" in _names(gateways[1]), 5, "before-stall on gateway 1")
+    wait_until(lambda: is_following(gateways[1], [2]), 15, "gateway 1 to follow gateway 2")
+    repairs = gateways[1].health()["peers"]["2"]["repairs"]
+
+    rules = stall_streams(gateways[1], [2])
+    try:
+        gateways[2].add_container("during-stall", "10.100.2.11")
+        wait_until(lambda: "during-stall" in _names(gateways[1]), 10, "the backstop to pull during-stall")
+        assert gateways[1].health()["peers"]["2"]["state"] == "connected"
+    finally:
+        unstall(gateways[1].netns, rules)
+
+    assert "backstop repaired peer 2: the stream had stopped at seq 1 with the peer at 2; pulled 1 events" in gateways[1].log_text()
+    assert gateways[1].health()["peers"]["2"]["repairs"] == repairs + 1
+
+    # The stalled stream then delivers seq 2 again, which the follower must not apply twice.
+    gateways[2].add_container("after-stall", "10.100.2.12")
+    wait_until(lambda: "after-stall" in _names(gateways[1]), 10, "after-stall on gateway 1")
+    hostnames = sorted(entry["hostname"] for entry in gateways[1].containers())
+    assert hostnames == ["after-stall", "before-stall", "during-stall"]
+    assert gateways[1].health()["peers"]["2"]["replicaHead"] == 3
