@@ -3,10 +3,11 @@
 A peer's subnet is routed while the peer is configured and not expired. The same rule makes
 its containers routable in the view, and peers start with a full TTL. Every second the task
 checks whether the set of live peers changed (a peer expired or came back), and reconciles at
-once if it did. Otherwise it reconciles every ``[routes] interval`` seconds, which puts back
-routes that something else removed: a Nebula restart or a link going down takes every route on
-its device with it. A peer removed from the config leaves with the next reconcile after the gateway reads the new
-config: its route is stale and goes.
+once if it did. The kernel's notifications (see route_watch) also wake it at once when one of
+flatnet's routes is deleted or the device its routes use comes back, as after a Nebula restart.
+Otherwise it reconciles every ``[routes] interval`` seconds, which catches what the
+notifications cannot tell. A peer removed from the config leaves with the next reconcile after
+the gateway reads the new config: its route is stale and goes.
 
 The gateway leaves its routes in place when it stops, so containers keep reaching each other
 while it restarts.
@@ -15,15 +16,20 @@ while it restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import time
 
 from flatnet.gateway.route_settings import RouteMode, RouteSettings
+from flatnet.gateway.route_watch import RouteWatch
 from flatnet.gateway.state import Gateway
 from flatnet.logs import routes as logger
 from flatnet.routes import Action, ApplyResult, Fleet, RouteError, RouteTable, Status, apply, plan, survey
 
 TICK_SECONDS = 1.0
+# After a notification, a short wait lets a burst of them (a device created, brought up and
+# given its address) settle into one reconcile.
+SETTLE_SECONDS = 0.2
 
 
 class RouteReconciler:
@@ -89,17 +95,29 @@ async def reconcile_routes(gateway: Gateway) -> None:
         "keeping routes to the peers' subnets (mode %s, metric %d, every %.0f s)",
         settings.mode.value, settings.metric, settings.interval,
     )
+    watch = RouteWatch(lambda: reconciler.settings)
+    watch.open()
     last_live: frozenset[int] | None = None
     last_run = float("-inf")
-    while True:
-        fleet = reconciler.fleet()
-        now = time.monotonic()
-        if fleet.live_peers != last_live or now - last_run >= reconciler.settings.interval:
-            if last_live is not None and fleet.live_peers != last_live:
-                logger.info("live peers changed from %s to %s", sorted(last_live), sorted(fleet.live_peers))
-            await asyncio.to_thread(reconciler.reconcile, fleet)
-            last_live, last_run = fleet.live_peers, now
-        await asyncio.sleep(TICK_SECONDS)
+    try:
+        while True:
+            notified = watch.changed.is_set()
+            if notified:
+                await asyncio.sleep(SETTLE_SECONDS)
+                watch.changed.clear()
+
+            fleet = reconciler.fleet()
+            now = time.monotonic()
+            if notified or fleet.live_peers != last_live or now - last_run >= reconciler.settings.interval:
+                if last_live is not None and fleet.live_peers != last_live:
+                    logger.info("live peers changed from %s to %s", sorted(last_live), sorted(fleet.live_peers))
+                await asyncio.to_thread(reconciler.reconcile, fleet)
+                last_live, last_run = fleet.live_peers, now
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watch.changed.wait(), TICK_SECONDS)
+    finally:
+        watch.close()
 
 
 def start(gateway: Gateway) -> list[asyncio.Task]:

@@ -14,10 +14,10 @@ pytestmark = pytest.mark.root
 FLATNET_ROUTE = "dev nebula1 proto 102 scope link metric 50 linkdown"
 
 
-def _gateway(netns, tmp_path, host_id, peers, *, ttl=300) -> GatewayProcess:
+def _gateway(netns, tmp_path, host_id, peers, *, ttl=300, interval=1) -> GatewayProcess:
     gateway = GatewayProcess(netns, tmp_path, host_id, peers, ttl=ttl, heartbeat=1)
     # [routes] may follow the [[peers]] tables: a TOML table header ends the array before it.
-    gateway.config.write_text(gateway.config.read_text() + '\n[routes]\nmode = "dev"\ninterval = 1\n')
+    gateway.config.write_text(gateway.config.read_text() + f'\n[routes]\nmode = "dev"\ninterval = {interval}\n')
     return gateway
 
 
@@ -89,3 +89,41 @@ def test_missing_device_is_logged_once_then_fixed(host_netns, tmp_path, gateways
     log = gateway.log_text()
     assert log.count("ERROR flatnet.routes: failed to add route 10.100.2.0/24") == 1
     assert "route problem of 10.100.2.0/24 resolved" in log
+
+
+# With an interval this long, only the kernel's notifications can bring a route back within the test.
+NOTIFIED_ONLY = 600
+
+
+def test_deleted_route_returns_on_notification(host_netns, tmp_path, gateways):
+    gateway = _gateway(host_netns, tmp_path, 1, [2], interval=NOTIFIED_ONLY)
+    gateway.start()
+    gateways.append(gateway)
+    wait_until(lambda: _flatnet_routes(host_netns, "10.100.2.0/24"), 10, "the route to host 2")
+
+    ip(host_netns, "route", "del", "10.100.2.0/24", "proto", "102", "metric", "50")
+
+    wait_until(lambda: _flatnet_routes(host_netns, "10.100.2.0/24"), 10, "the route to host 2 to come back")
+    assert "recovered route 10.100.2.0/24 dev nebula1 metric 50 proto 102" in gateway.log_text()
+
+
+def test_recreated_tun_gets_routes_back(host_netns, tmp_path, gateways):
+    gateway = _gateway(host_netns, tmp_path, 1, [2, 3], interval=NOTIFIED_ONLY)
+    gateway.start()
+    gateways.append(gateway)
+    wait_until(lambda: _flatnet_routes(host_netns, "10.100.3.0/24"), 10, "the route to host 3")
+
+    # What a Nebula restart does to the routes: its device, and every route on it, goes and comes back.
+    ip(host_netns, "link", "del", "nebula1")
+    assert _flatnet_routes(host_netns, "10.100.2.0/24") == []
+    ip(host_netns, "tuntap", "add", "nebula1", "mode", "tun")
+    ip(host_netns, "link", "set", "nebula1", "up")
+    ip(host_netns, "addr", "add", "10.100.0.1/24", "dev", "nebula1")
+
+    wait_until(lambda: _flatnet_routes(host_netns, "10.100.2.0/24"), 10, "the route to host 2 to come back")
+    wait_until(lambda: _flatnet_routes(host_netns, "10.100.3.0/24"), 10, "the route to host 3 to come back")
+    assert routes(host_netns, "10.100.2.0/24") == [f"10.100.2.0/24 {FLATNET_ROUTE}"]
+    assert routes(host_netns, "10.100.3.0/24") == [f"10.100.3.0/24 {FLATNET_ROUTE}"]
+    log = gateway.log_text()
+    assert "recovered route 10.100.2.0/24 dev nebula1 metric 50 proto 102" in log
+    assert "recovered route 10.100.3.0/24 dev nebula1 metric 50 proto 102" in log
