@@ -26,6 +26,8 @@ from flatnet.registry import ViewStateError
 
 BACKOFF_FIRST_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 10.0
+# A stream frame is one event or heartbeat on a line, and an event is a few hundred bytes.
+MAX_FRAME_BYTES = 1 << 20
 
 
 class Compacted(Exception):
@@ -104,12 +106,64 @@ async def _stream_once(gateway: Gateway, peer: Peer, session: aiohttp.ClientSess
         status.state = PeerState.CONNECTED
         status.last_error = ""
         logger.info("peer %d connected, resuming after seq %d", peer.host_id, after)
-        async for line in response.content:
-            if not line.strip():
-                continue
-            _handle_frame(gateway, peer, line)
-            received = True
+        async for lines in _frame_lines(peer, response):
+            frames, _ = _handle_frames(gateway, peer, lines)
+            received = received or frames > 0
     return received
+
+
+async def _frame_lines(peer: Peer, response: aiohttp.ClientResponse):
+    """Yield the complete lines of the stream, as many as have arrived at a time."""
+    pending = b""
+    async for chunk in response.content.iter_any():
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        if len(pending) > MAX_FRAME_BYTES:
+            raise StreamRejected(
+                f"peer {peer.host_id} sent a frame longer than {MAX_FRAME_BYTES} bytes without a newline"
+            )
+        if lines:
+            yield lines
+
+
+def _handle_frames(gateway: Gateway, peer: Peer, lines: list[bytes], *, stop_at_heartbeat: bool = False) -> tuple[int, int]:
+    """Take the frames in ``lines`` in order, storing consecutive events with one fsync.
+
+    With ``stop_at_heartbeat`` the frames after the first heartbeat are left
+    alone. Returns how many frames were taken and how many events were stored.
+    """
+    batch: list[Event] = []
+    frames = stored = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        frames += 1
+        if line.startswith(b'{"heartbeat"'):
+            stored += _store_batch(gateway, peer, batch)
+            batch = []
+            _handle_heartbeat(gateway, peer, line)
+            if stop_at_heartbeat:
+                return frames, stored
+            continue
+        event = record.decode(line)
+        head = gateway.journal.head(peer.host_id) + len(batch)
+        check_event(peer, event, head)
+        _check_same_node(gateway, peer, event, head)
+        gateway.peers[peer.host_id].replica_node = event.node
+        if event.seq > head:
+            batch.append(event)
+    stored += _store_batch(gateway, peer, batch)
+    return frames, stored
+
+
+def _store_batch(gateway: Gateway, peer: Peer, batch: list[Event]) -> int:
+    if not batch:
+        return 0
+    gateway.journal.store_replica_batch(batch)
+    status = gateway.peers[peer.host_id]
+    status.remote_head = max(status.remote_head, batch[-1].seq)
+    gateway.heard(peer.host_id)
+    return len(batch)
 
 
 def _check_same_node(gateway: Gateway, peer: Peer, event: Event, head: int) -> None:
@@ -157,25 +211,14 @@ def _reset_replica(gateway: Gateway, peer: Peer, after: int, body: str) -> None:
     )
 
 
-def _handle_frame(gateway: Gateway, peer: Peer, line: bytes) -> None:
-    if line.startswith(b'{"heartbeat"'):
-        frame = orjson.loads(line)["heartbeat"]
-        if frame.get("origin") != peer.host_id:
-            raise StreamRejected(f"peer {peer.host_id} sent a heartbeat for origin {frame.get('origin')}")
-        status = gateway.peers[peer.host_id]
-        status.remote_head = int(frame.get("head", 0))
-        status.remote_epoch = int(frame.get("epoch", 0))
-        status.remote_node = str(frame.get("node", ""))
-        gateway.heard(peer.host_id)
-        return
-
-    event = record.decode(line)
-    head = gateway.journal.head(peer.host_id)
-    check_event(peer, event, head)
-    _check_same_node(gateway, peer, event, head)
-    gateway.journal.store_replica(event)
-    gateway.peers[peer.host_id].replica_node = event.node
-    gateway.peers[peer.host_id].remote_head = max(gateway.peers[peer.host_id].remote_head, event.seq)
+def _handle_heartbeat(gateway: Gateway, peer: Peer, line: bytes) -> None:
+    frame = orjson.loads(line)["heartbeat"]
+    if frame.get("origin") != peer.host_id:
+        raise StreamRejected(f"peer {peer.host_id} sent a heartbeat for origin {frame.get('origin')}")
+    status = gateway.peers[peer.host_id]
+    status.remote_head = int(frame.get("head", 0))
+    status.remote_epoch = int(frame.get("epoch", 0))
+    status.remote_node = str(frame.get("node", ""))
     gateway.heard(peer.host_id)
 
 
@@ -196,14 +239,11 @@ async def pull_once(gateway: Gateway, peer: Peer, session: aiohttp.ClientSession
         if response.status != 200:
             body = await response.text()
             raise StreamRejected(f"peer {peer.host_id} responded with HTTP {response.status}: {body[:300]}")
-        async for line in response.content:
-            if not line.strip():
-                continue
-            is_heartbeat = line.startswith(b'{"heartbeat"')
-            _handle_frame(gateway, peer, line)
-            if is_heartbeat:
+        async for lines in _frame_lines(peer, response):
+            _, count = _handle_frames(gateway, peer, lines, stop_at_heartbeat=True)
+            stored += count
+            if any(line.startswith(b'{"heartbeat"') for line in lines):
                 break
-            stored += 1
     return stored
 
 

@@ -334,6 +334,21 @@ class Journal:
         replica.append(event)
         return self._publish(event)
 
+    def store_replica_batch(self, events: list[Event]) -> None:
+        """Append a peer's consecutive events to its replica with one fsync, then apply them in order.
+
+        Events already stored are skipped, as by :meth:`store_replica`.
+        """
+        if not events:
+            return
+        replica = self.log.origin(events[0].origin)
+        fresh = [event for event in events if event.seq > replica.head]
+        if not fresh:
+            return
+        replica.append_batch(fresh)
+        for event in fresh:
+            self._publish(event)
+
     def _publish(self, event: Event) -> Outcome:
         outcome = self.view.apply(event)
         for listener in self.listeners:
