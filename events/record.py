@@ -195,7 +195,7 @@ _REQUIRED_DATA: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 # Optional payload fields, with their JSON kinds when present.
 _OPTIONAL_DATA: dict[str, dict[str, type]] = {
-    CONTAINER_ADDED: {"ports": list, "createdAt": str, "ifname": str},
+    CONTAINER_ADDED: {"ports": list, "createdAt": str, "ifname": str, "aliases": list},
     CONTAINER_REMOVED: {"reason": str, "createdAt": str},
 }
 
@@ -222,6 +222,13 @@ def check_data(event_type: str, data: dict[str, Any]) -> None:
         isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536 for port in ports
     ):
         raise InvalidData(f"{event_type} payload field 'ports' must be a list of ports 1-65535, got {ports!r}")
+    aliases = data.get("aliases", []) if event_type == CONTAINER_ADDED else []
+    for alias in aliases:
+        if not isinstance(alias, str) or not CONTAINER_NAME.fullmatch(alias):
+            raise InvalidData(
+                f"{event_type} alias {str(alias)[:80]!r} is not a container name: letters, digits,"
+                f" '_', '.' and '-', starting with a letter or digit, at most 253 characters"
+            )
 
 
 class BadLine(RecordError):
@@ -244,6 +251,15 @@ def _ports_are_valid(ports: Any) -> bool:
         return False
     for port in ports:
         if type(port) is not int or not 0 < port < 65536:
+            return False
+    return True
+
+
+def _aliases_are_strings(aliases: Any) -> bool:
+    if type(aliases) is not list:
+        return False
+    for alias in aliases:
+        if type(alias) is not str or not alias:
             return False
     return True
 
@@ -277,11 +293,13 @@ def decode_lines(lines: list[bytes], origin: int, first_seq: int) -> list[dict[s
                     event_type = fields["type"]
                     if event_type == CONTAINER_ADDED:
                         ports = data.get("ports")
+                        aliases = data.get("aliases")
                         valid = (
                             type(data["id"]) is str and type(data["ip"]) is str and type(data["hostname"]) is str
                             and type(data["hostId"]) is int
                             and type(data.get("createdAt", "")) is str and type(data.get("ifname", "")) is str
                             and (ports is None or ports == [] or _ports_are_valid(ports))
+                            and (aliases is None or aliases == [] or _aliases_are_strings(aliases))
                         )
                     elif event_type == CONTAINER_REMOVED:
                         valid = type(data["id"]) is str and type(data.get("createdAt", "")) is str

@@ -7,7 +7,8 @@ kept apart in :class:`Liveness`, with the time passed in by the caller.
 The view keeps each origin's containers apart and a removal only touches the
 origin that wrote it, so the view depends only on each origin's own events in
 their own order, never on how the origins' streams interleave. On top of that
-it keeps indexes by id, name and address for O(1) lookups.
+it keeps indexes by id, name and address for O(1) lookups. A container's
+names are its hostname and its aliases (podman's ``--network-alias``).
 
 Incarnations: podman keeps a container's id across a stop and start, so one
 id can name several instances over time, distinguished by ``createdAt``. An
@@ -47,6 +48,13 @@ class Container(NamedTuple):
     ifname: str
     origin: int
     seq: int
+    # Lower-cased, without duplicates and without the hostname, in the event's order.
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The hostname, then the aliases: every name the view finds this container by."""
+        return (self.hostname, *self.aliases)
 
 
 class Tombstone(NamedTuple):
@@ -124,6 +132,9 @@ class View:
         self._shared_names: set[str] = set()
         # False inside deferred_indexes, which builds them once at the end.
         self._indexing = True
+        # Origins whose containers came from a snapshot written before the
+        # view kept aliases: those containers have none (see from_state).
+        self.origins_without_aliases: set[int] = set()
 
     # Folding
 
@@ -193,16 +204,19 @@ class View:
             return Outcome.UNCHANGED
 
         ports = data.get("ports")
+        hostname = data["hostname"].lower()
+        aliases = data.get("aliases")
         container = tuple.__new__(Container, (
             container_id,
             data["ip"],
-            data["hostname"].lower(),
+            hostname,
             tuple(ports) if ports else (),
             data["hostId"],
             created_at,
             data.get("ifname") or "eth0",
             origin,
             seq,
+            _normal_aliases(aliases, hostname) if aliases else (),
         ))
         tombstones = self._tombstones.get(origin)
         tombstone = tombstones.get(container_id) if tombstones is not None else None
@@ -273,12 +287,20 @@ class View:
             if holder.origin == container.origin or _ranks_above(container, holder):
                 self.containers[container.id] = container
 
-        named = self._by_name.get(container.hostname)
+        by_name = self._by_name
+        named = by_name.get(container.hostname)
         if named is None:
-            self._by_name[container.hostname] = [container]
+            by_name[container.hostname] = [container]
         else:
             named.append(container)
             self._shared_names.add(container.hostname)
+        for alias in container.aliases:
+            named = by_name.get(alias)
+            if named is None:
+                by_name[alias] = [container]
+            else:
+                named.append(container)
+                self._shared_names.add(alias)
         at_ip = self._by_ip.get(container.ip)
         if at_ip is None:
             self._by_ip[container.ip] = [container]
@@ -297,12 +319,13 @@ class View:
         else:
             del self.containers[container.id]
 
-        named = self._by_name[container.hostname]
-        named.remove(container)
-        if not named:
-            del self._by_name[container.hostname]
-        if len(named) < 2:
-            self._shared_names.discard(container.hostname)
+        for name in container.names:
+            named = self._by_name[name]
+            named.remove(container)
+            if not named:
+                del self._by_name[name]
+            if len(named) < 2:
+                self._shared_names.discard(name)
         at_ip = self._by_ip[container.ip]
         at_ip.remove(container)
         if not at_ip:
@@ -313,20 +336,22 @@ class View:
     def container(self, container_id: str) -> Container | None:
         return self.containers.get(container_id)
 
-    def named(self, hostname: str, *, expired_origins: frozenset[int] = frozenset()) -> list[Container]:
-        """Live containers called ``hostname``, the one that wins first.
+    def named(self, name: str, *, expired_origins: frozenset[int] = frozenset()) -> list[Container]:
+        """Live containers called ``name`` (as hostname or alias), the one that wins first.
 
-        Of two live containers with one name, the most recently created wins;
-        origin and id break ties so that every gateway picks the same one.
-        Names are stored lower-cased; the caller strips a port, a trailing dot
-        and the domain suffix from a Host first.
+        A container whose hostname is ``name`` wins over one that has it as an
+        alias. Among holders of the same kind, the most recently created wins,
+        and origin and id break ties, so every gateway and replay pick the same
+        one. Names are stored lower-cased; the caller strips a port, a trailing
+        dot and the domain suffix from a Host first.
         """
-        holders = self._by_name.get(hostname.lower())
+        name = name.lower()
+        holders = self._by_name.get(name)
         if not holders:
             return []
         matches = [container for container in holders if container.origin not in expired_origins]
         if len(matches) > 1:
-            matches.sort(key=_rank, reverse=True)
+            matches.sort(key=lambda container: (container.hostname == name, container.created_at, container.origin, container.id), reverse=True)
         return matches
 
     def at_address(self, ip: str, *, expired_origins: frozenset[int] = frozenset()) -> list[Container]:
@@ -368,7 +393,7 @@ class View:
         so they would make equal views look different.
         """
         held = self._origins.get(origin, {})
-        containers = [[*container[:3], list(container.ports), *container[4:]] for _, container in sorted(held.items())]
+        containers = [state_entry(container) for _, container in sorted(held.items())]
         return {"containers": containers, "tombstones": [], "tombstoneCutoff": ""}
 
     def replace_origin(self, origin: int, state: Any, head: int) -> int:
@@ -444,12 +469,12 @@ class View:
         """Export the view as plain JSON data in one canonical order, so equal views give equal bytes.
 
         ``containers`` contains one array per container, its fields in the order of
-        :class:`Container` (``ports`` a list); ``tombstones`` one array per
+        :class:`Container` (``ports`` and ``aliases`` lists); ``tombstones`` one array per
         tombstone in the order of :class:`Tombstone`. Arrays rather than objects
         keep a snapshot of 60,000 containers small and quick to load.
         """
         containers = [
-            [*container[:3], list(container.ports), *container[4:]]
+            state_entry(container)
             for origin in sorted(self._origins)
             for _, container in sorted(self._origins[origin].items())
         ]
@@ -462,7 +487,11 @@ class View:
 
     @classmethod
     def from_state(cls, state: Any, vector: dict[int, int]) -> "View":
-        """Rebuild a view from :meth:`export_state` data, validating every entry."""
+        """Rebuild a view from :meth:`export_state` data, validating every entry.
+
+        An entry of 9 fields, written before the view kept aliases, loads with
+        no aliases, and its origin is listed in ``origins_without_aliases``.
+        """
         if not isinstance(state, dict):
             raise ViewStateError(f"view state is a JSON {type(state).__name__}, expected an object")
         view = cls()
@@ -482,6 +511,8 @@ class View:
                     f"container {index} ({container.id}) has seq {container.seq}, "
                     f"beyond the vector's seq {vector.get(container.origin, 0)} for origin {container.origin}"
                 )
+            if len(entry) == len(_LEGACY_CONTAINER_KINDS):
+                view.origins_without_aliases.add(container.origin)
             held = view._origins.setdefault(container.origin, {})
             if container.id in held:
                 raise ViewStateError(f"container {index} ({container.id}) of origin {container.origin} is listed twice")
@@ -505,7 +536,22 @@ def _ranks_above(container: Container, other: Container) -> bool:
     return _rank(container) > _rank(other)
 
 
-_CONTAINER_KINDS = (str, str, str, list, int, str, str, int, int)
+def _normal_aliases(aliases: list[str], hostname: str) -> tuple[str, ...]:
+    lowered = [alias.lower() for alias in aliases]
+    if hostname not in lowered and len(set(lowered)) == len(lowered):
+        # The plugin's aliases are already like this, so the fold usually stops here.
+        return tuple(lowered)
+    return tuple(alias for alias in dict.fromkeys(lowered) if alias != hostname)
+
+
+def state_entry(container: Container) -> list[Any]:
+    """Return ``container`` as one array of :meth:`View.export_state`'s ``containers``."""
+    return [*container[:3], list(container.ports), *container[4:9], list(container.aliases)]
+
+
+_CONTAINER_KINDS = (str, str, str, list, int, str, str, int, int, list)
+# The entries of snapshots written before the view kept aliases.
+_LEGACY_CONTAINER_KINDS = _CONTAINER_KINDS[:9]
 _TOMBSTONE_KINDS = (str, int, int, str, str)
 
 
@@ -527,11 +573,20 @@ def _is_of(value: Any, kind: type) -> bool:
 
 
 def _container_from_state(index: int, entry: Any) -> Container:
-    _check_entry("container", index, entry, Container._fields, _CONTAINER_KINDS)
+    if type(entry) is list and len(entry) == len(_LEGACY_CONTAINER_KINDS):
+        _check_entry("container", index, entry, Container._fields[:9], _LEGACY_CONTAINER_KINDS)
+        aliases: tuple[str, ...] = ()
+    else:
+        _check_entry("container", index, entry, Container._fields, _CONTAINER_KINDS)
+        aliases = tuple(entry[9])
+        if not all(type(alias) is str and alias and alias == alias.lower() and alias != entry[2] for alias in aliases) or len(set(aliases)) != len(aliases):
+            raise ViewStateError(
+                f"container {index} field 'aliases' must list distinct lower-case names other than the hostname, got {entry[9]!r:.100}"
+            )
     ports = entry[3]
     if not all(type(port) is int and 0 < port < 65536 for port in ports):
         raise ViewStateError(f"container {index} field 'ports' must list ports 1-65535, got {ports!r:.100}")
-    return tuple.__new__(Container, (*entry[:3], tuple(ports), *entry[4:]))
+    return tuple.__new__(Container, (*entry[:3], tuple(ports), *entry[4:9], aliases))
 
 
 def _tombstone_from_state(index: int, entry: Any) -> Tombstone:

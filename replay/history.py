@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from flatnet.events import snapshot as snapshots
 from flatnet.events.record import CONTAINER_ADDED
-from flatnet.registry import Container, View
+from flatnet.registry import Container, View, state_entry
 from flatnet.replay.datadir import DataDir, OriginFiles
 from flatnet.replay.times import event_seconds
 
@@ -148,7 +148,7 @@ def rank(name: str, containers: list[Container]) -> tuple[Container, ...]:
     if len(containers) < 2:
         return tuple(containers)
     state = {
-        "containers": [[*container[:3], list(container.ports), *container[4:]] for container in containers],
+        "containers": [state_entry(container) for container in containers],
         "tombstones": [],
         "tombstoneCutoff": "",
     }
@@ -212,7 +212,7 @@ def _fold_origin(history: History, data_dir: DataDir, files: OriginFiles, snapsh
         return
 
     local: dict[str, Steps] = {}
-    for name in sorted({container.hostname for container in view.origin_containers(origin)}):
+    for name in sorted({name for container in view.origin_containers(origin) for name in container.names}):
         steps = local[name] = history.new_steps(name, origin)
         steps.seqs.append(base)
         steps.states.append(tuple(view.named(name)))
@@ -284,12 +284,13 @@ def _fold_records(
                 data.get("reason") if fields["type"] != CONTAINER_ADDED else None, before, after,
             )
             changes.append(change)
+            # Every name, hostname or alias, that the container held before or holds after.
             if before is None:
-                names: tuple[str, ...] = (after.hostname,)
-            elif after is None or after.hostname == before.hostname:
-                names = (before.hostname,)
+                names: tuple[str, ...] = after.names
+            elif after is None:
+                names = before.names
             else:
-                names = (before.hostname, after.hostname)
+                names = before.names + tuple(name for name in after.names if name not in before.names)
             touched.append(names)
             for name in names:
                 steps = local.get(name)

@@ -330,7 +330,7 @@ def state_text(report: StateReport) -> list[str]:
     if report.containers:
         header = [i18n.text(f"replay.column_{key}") for key in ("host", "name", "address", "ports", "container", "created", "seq", "state")]
         rows = [
-            [f"h{c.host_id}", c.hostname, c.ip, ",".join(map(str, c.ports)) or "-", c.id[:12], c.created_at, f"{c.origin}:{c.seq}",
+            [f"h{c.host_id}", ",".join(c.names), c.ip, ",".join(map(str, c.ports)) or "-", c.id[:12], c.created_at, f"{c.origin}:{c.seq}",
              i18n.text("replay.state_expired" if c.origin in expired else "replay.state_live")]
             for c in report.containers
         ]
@@ -347,7 +347,7 @@ def state_text(report: StateReport) -> list[str]:
 def state_json(report: StateReport) -> list[str]:
     expired = set(report.expired or ())
     lines = [
-        json_line({"kind": "container", "id": c.id, "ip": c.ip, "hostname": c.hostname, "ports": list(c.ports), "hostId": c.host_id,
+        json_line({"kind": "container", "id": c.id, "ip": c.ip, "hostname": c.hostname, "aliases": list(c.aliases), "ports": list(c.ports), "hostId": c.host_id,
                    "createdAt": c.created_at, "origin": c.origin, "seq": c.seq, "expired": c.origin in expired})
         for c in report.containers
     ]

@@ -72,8 +72,8 @@ def _log_rows(history: History, name: str) -> list[Row]:
         before = holding.get(change.origin, ())
         holding[change.origin] = state
         others = [container for origin, held in sorted(holding.items()) if origin != change.origin for container in held]
-        added = change.after if change.after is not None and change.after.hostname == name else None
-        removed = change.before if change.before is not None and change.before.hostname == name else None
+        added = change.after if change.after is not None and name in change.after.names else None
+        removed = change.before if change.before is not None and name in change.before.names else None
 
         if added is not None and removed is not None:
             rows.append(_row(change, "replaced", added, f"instance created {added.created_at} replaces {removed.created_at}"))

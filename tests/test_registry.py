@@ -234,6 +234,89 @@ def test_conflict_ends_when_holder_is_removed():
     assert view.conflicts() == {}
 
 
+# Aliases
+
+
+def test_alias_finds_container():
+    view = fold([added(1, 1, "c1", hostname="web", aliases=["api", "www.site"])])
+
+    assert [container.id for container in view.named("api")] == ["c1"]
+    assert [container.id for container in view.named("WWW.Site")] == ["c1"]
+    assert [container.id for container in view.named("web")] == ["c1"]
+
+
+def test_aliases_are_lower_cased_without_hostname():
+    view = fold([added(1, 1, "c1", hostname="Web", aliases=["API", "web", "api", "Db"])])
+
+    assert view.containers["c1"].aliases == ("api", "db")
+    assert view.containers["c1"].names == ("web", "api", "db")
+    assert view.conflicts() == {}
+
+
+def test_hostname_wins_over_newer_alias():
+    # The alias holder is newer, and would win if both were hostnames.
+    view = fold([added(1, 1, "named", hostname="api", created_at=EARLY), added(2, 1, "aliased", hostname="web", created_at=LATE, aliases=["api"])])
+
+    assert [container.id for container in view.named("api")] == ["named", "aliased"]
+    assert [container.id for container in view.conflicts()["api"]] == ["named", "aliased"]
+
+
+def test_expired_hostname_holder_lets_alias_win():
+    view = fold([added(1, 1, "named", hostname="api"), added(2, 1, "aliased", hostname="web", aliases=["api"])])
+
+    assert [container.id for container in view.named("api", expired_origins=frozenset({1}))] == ["aliased"]
+
+
+def test_newest_of_two_aliases_wins():
+    view = fold([added(1, 1, "old", hostname="a", created_at=EARLY, aliases=["api"]), added(2, 1, "new", hostname="b", created_at=LATE, aliases=["api"])])
+
+    assert [container.id for container in view.named("api")] == ["new", "old"]
+    assert list(view.conflicts()) == ["api"]
+
+
+def test_alias_winner_is_same_in_every_order():
+    events = [
+        added(1, 1, "alias-new", hostname="x", created_at=EVENING, aliases=["api"]),
+        added(2, 1, "host-old", hostname="api", created_at=EARLY),
+        added(2, 2, "alias-old", hostname="y", created_at=EARLY, aliases=["api"]),
+        added(3, 1, "host-new", hostname="api", created_at=LATE),
+    ]
+    # Each origin's own events stay in seq order; the origins interleave differently.
+    orders = [events, [events[3], events[1], events[0], events[2]], [events[1], events[2], events[3], events[0]]]
+
+    for order in orders:
+        winners = [container.id for container in fold(order).named("api")]
+        assert winners == ["host-new", "host-old", "alias-new", "alias-old"]
+
+
+def test_removal_frees_alias():
+    view = fold([added(1, 1, "c1", aliases=["api"]), added(2, 1, "c2", hostname="db", aliases=["api"])])
+
+    view.apply(removed(1, 2, "c1"))
+
+    assert [container.id for container in view.named("api")] == ["c2"]
+    assert view.conflicts() == {}
+    view.apply(removed(2, 2, "c2"))
+    assert view.named("api") == []
+
+
+def test_replace_without_alias_frees_it():
+    view = fold([added(1, 1, "c1", aliases=["api", "www"], created_at=EARLY)])
+
+    view.apply(added(1, 2, "c1", aliases=["www"], created_at=LATE))
+
+    assert view.named("api") == []
+    assert [container.seq for container in view.named("www")] == [2]
+
+
+def test_alias_equal_to_own_hostname_is_no_conflict():
+    view = fold([added(1, 1, "c1", hostname="web", aliases=["WEB"])])
+
+    assert view.containers["c1"].aliases == ()
+    assert [container.id for container in view.named("web")] == ["c1"]
+    assert view.conflicts() == {}
+
+
 # Liveness
 
 
@@ -468,7 +551,11 @@ def test_state_round_trip_is_equal():
     ("change", "message"),
     [
         ({"containers": "x"}, "'containers' must be a list"),
-        ({"containers": [{"id": "a"}]}, r"container 0 must be an array of 9 fields \(id, ip, hostname, ports, host_id"),
+        ({"containers": [{"id": "a"}]}, r"container 0 must be an array of 10 fields \(id, ip, hostname, ports, host_id.*aliases\)"),
+        ({"containers": [["a", "10.100.1.10", "web", [80], 1, "t", "eth0", 1, 1, ["Api"]]]}, "field 'aliases' must list distinct lower-case names"),
+        ({"containers": [["a", "10.100.1.10", "web", [80], 1, "t", "eth0", 1, 1, ["web"]]]}, "other than the hostname"),
+        ({"containers": [["a", "10.100.1.10", "web", [80], 1, "t", "eth0", 1, 1, ["api", "api"]]]}, "must list distinct"),
+        ({"containers": [["a", "10.100.1.10", "web", [80], 1, "t", "eth0", 1, 1, [7]]]}, "field 'aliases' must list"),
         ({"containers": [["a", 10, "web", [80], 1, "t", "eth0", 1, 1]]}, "container 0 field 'ip' must be a str, got 10"),
         ({"containers": [["a", "10.100.1.10", "web", [0], 1, "t", "eth0", 1, 1]]}, "field 'ports' must list ports 1-65535"),
         ({"tombstones": [["a", 0, 1, "t", "t"]]}, "tombstone 0 has origin 0 and seq 1"),
@@ -480,6 +567,32 @@ def test_invalid_state_names_the_entry(change, message):
 
     with pytest.raises(ViewStateError, match=message):
         View.from_state(state, {1: 1})
+
+
+def test_state_round_trip_keeps_aliases():
+    view = fold([added(1, 1, "a", aliases=["api"]), added(2, 1, "b", hostname="db", aliases=["cache", "api"])])
+
+    state = view.export_state()
+    rebuilt = View.from_state(state, view.vector)
+
+    assert state["containers"][0][9] == ["api"]
+    assert rebuilt.containers == view.containers
+    assert rebuilt.named("api") == view.named("api")
+    assert rebuilt.origins_without_aliases == set()
+
+
+def test_state_without_aliases_field_loads_with_none():
+    # Snapshots written before the view kept aliases have 9 fields per container.
+    view = fold([added(1, 1, "a", aliases=["api"]), added(2, 1, "b", hostname="db")])
+    state = view.export_state()
+    state["containers"] = [entry[:9] if entry[7] == 1 else entry for entry in state["containers"]]
+
+    rebuilt = View.from_state(state, view.vector)
+
+    assert rebuilt.containers["a"].aliases == ()
+    assert rebuilt.named("api") == []
+    assert rebuilt.origins_without_aliases == {1}
+    assert rebuilt.export_state()["containers"][0] == [*state["containers"][0], []]
 
 
 def test_state_beyond_vector_is_rejected():
@@ -511,15 +624,16 @@ def origin_histories(draw):
                     st.sampled_from(["web", "db", "Web"]),
                     st.sampled_from([EARLY, LATE, EVENING]),
                     st.sampled_from([EARLY, MIDDAY, EVENING]),
+                    st.sampled_from([[], [], ["db"], ["web", "api"], ["Api", "db"]]),
                 ),
                 max_size=14,
             )
         )
         events = []
-        for seq, (kind, owner, number, hostname, created_at, ts) in enumerate(operations, start=1):
+        for seq, (kind, owner, number, hostname, created_at, ts, aliases) in enumerate(operations, start=1):
             container_id = {"own": f"{origin}-{number}", "shared": f"shared-{number}", "other": f"{origin % 3 + 1}-{number}"}[owner]
             if kind == "add":
-                events.append(added(origin, seq, container_id, hostname=hostname, created_at=created_at))
+                events.append(added(origin, seq, container_id, hostname=hostname, created_at=created_at, aliases=aliases))
             elif kind == "remove":
                 events.append(removed_at(origin, seq, container_id, ts))
             else:
@@ -543,19 +657,22 @@ def interleaved_events(draw):
 
 def state(view: View):
     """Everything a view holds, indexes included, in comparable form."""
-    names = {name for container in view.containers.values() for name in [container.hostname]}
+    names = {name for container in view.containers.values() for name in container.names}
     return (
         view.export_state(),
         dict(view.vector),
         dict(view.containers),
-        {name: view.named(name) for name in sorted(names | {"web", "db"})},
+        {name: view.named(name) for name in sorted(names | {"web", "db", "api"})},
         view.conflicts(),
     )
 
 
-def brute_force_named(view: View, hostname: str) -> list[Container]:
-    held = [container for origin in view.vector for container in view.origin_containers(origin) if container.hostname == hostname]
-    return sorted(held, key=lambda c: (c.created_at, c.origin, c.id), reverse=True)
+def brute_force_named(view: View, name: str) -> list[Container]:
+    everyone = [container for origin in view.vector for container in view.origin_containers(origin)]
+    by_hostname = [container for container in everyone if container.hostname == name]
+    by_alias = [container for container in everyone if name in container.aliases]
+    newest_first = lambda c: (c.created_at, c.origin, c.id)  # noqa: E731
+    return sorted(by_hostname, key=newest_first, reverse=True) + sorted(by_alias, key=newest_first, reverse=True)
 
 
 @given(data=interleaved_events(), split=st.integers(min_value=0))
@@ -622,7 +739,9 @@ def test_name_index_matches_a_scan(data):
     _, events = data
     view = fold(events)
 
-    for hostname in ("web", "db"):
-        assert view.named(hostname) == brute_force_named(view, hostname)
+    for name in ("web", "db", "api"):
+        assert view.named(name) == brute_force_named(view, name)
+    expected_conflicts = {name for name in ("web", "db", "api") if len(brute_force_named(view, name)) > 1}
+    assert set(view.conflicts()) == expected_conflicts
     for container in view.containers.values():
         assert container in view.at_address(container.ip)

@@ -87,6 +87,11 @@ class ContainerEntry(BaseModel):
     id: str
     ip: str
     hostname: str
+    aliases: list[str] = Field(
+        description="the container's other names (podman's --network-alias), lower-cased and without the hostname."
+        " The proxy routes <alias>.<domain> here unless another container wins the name: a hostname wins over an alias,"
+        " then the most recently created container",
+    )
     ports: list[int]
     hostId: int
     createdAt: str
@@ -129,7 +134,7 @@ class Health(BaseModel):
     vector: dict[str, int] = Field(description="origin -> last stored seq")
     containers: int
     peers: dict[str, PeerHealth]
-    conflicts: dict[str, list[str]] = Field(description="name -> ids of the live containers sharing it, winner first")
+    conflicts: dict[str, list[str]] = Field(description="name -> ids of the live containers sharing it as hostname or alias, winner first")
     stoppedOrigins: dict[str, str] = Field(
         description="origin -> why its log stopped (corruption, a seq gap); the other origins keep working"
     )

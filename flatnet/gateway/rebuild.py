@@ -77,6 +77,7 @@ def rebuild(
     if tombstone_cutoff:
         view.prune_tombstones(tombstone_cutoff)
     origins = [origin for origin in log.origins() if origin not in log.failures]
+    _refold_origins_without_aliases(view, log, origins)
     processes = processes or os.cpu_count() or 1
     backlog = {origin: _backlog_bytes(log, origin, view.vector.get(origin, 0)) for origin in origins}
 
@@ -93,6 +94,32 @@ def rebuild(
     # scanning it again and again.
     gc.freeze()
     return Rebuilt(view, snapshot, events, len(groups))
+
+
+def _refold_origins_without_aliases(view: View, log: EventLog, origins: list[int]) -> None:
+    """Drop the snapshot's part of each origin whose containers lack aliases, when its whole log is still there.
+
+    Such a part comes from a snapshot written before the view kept aliases.
+    Dropping it makes the fold read that origin from seq 1, which restores
+    the aliases. Where retention deleted the first events (or the log is
+    missing or stopped), the part stays, and its containers have no aliases
+    until they are announced again.
+    """
+    for origin in sorted(view.origins_without_aliases):
+        if origin in origins and log.origin(origin).compacted_through == 0:
+            dropped = view.drop_origin(origin)
+            logger.info(
+                "snapshot of origin %d was written before aliases were kept; folding its %d container(s) again from seq 1",
+                origin, dropped,
+            )
+        else:
+            logger.warning(
+                "snapshot of origin %d was written before aliases were kept, and its log cannot be read from seq 1"
+                " (retention deleted the first events, or the log is missing or stopped);"
+                " its containers have no aliases until they are announced again",
+                origin,
+            )
+    view.origins_without_aliases.clear()
 
 
 def _fold_origins(view: View, log: EventLog, origins: list[int]) -> int:

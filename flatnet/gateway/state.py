@@ -111,6 +111,7 @@ class Gateway:
                 "id": container.id,
                 "ip": container.ip,
                 "hostname": container.hostname,
+                "aliases": list(container.aliases),
                 "ports": list(container.ports),
                 "hostId": container.host_id,
                 "createdAt": container.created_at,

@@ -121,7 +121,9 @@ class GatewayProcess:
         assert status == 200, body
         return json.loads(body)
 
-    def add_container(self, name: str, ip: str, ports: list[int] | None = None, container_id: str | None = None) -> dict:
+    def add_container(
+        self, name: str, ip: str, ports: list[int] | None = None, container_id: str | None = None, aliases: list[str] | None = None,
+    ) -> dict:
         body = {
             "eventId": str(uuid.uuid4()),
             "id": container_id or uuid.uuid4().hex,
@@ -132,6 +134,8 @@ class GatewayProcess:
             "createdAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
             "ifname": "eth0",
         }
+        if aliases is not None:
+            body["aliases"] = aliases
         status, text = http(self.netns, "POST", f"{self.api}/api/containers", body=body)
         assert status == 201, f"POST /api/containers answered {status}: {text}"
         return body

@@ -27,9 +27,11 @@ def now_iso() -> str:
     return format_time(time.time())
 
 
-def added_change(number: int, hostname: str | None = None) -> Change:
+def added_change(number: int, hostname: str | None = None, aliases: list[str] | None = None) -> Change:
     data = {"id": f"own-{number}", "ip": f"10.100.1.{10 + number}", "hostname": hostname or f"web-{number}",
             "ports": [80], "hostId": OWN, "createdAt": now_iso(), "ifname": "eth0"}
+    if aliases is not None:
+        data["aliases"] = aliases
     return Change(id=str(uuid.uuid4()), type=CONTAINER_ADDED, data=data, ts=now_iso())
 
 
@@ -125,6 +127,52 @@ async def test_damaged_newest_snapshot_falls_back(tmp_path):
 
     assert reopened.snapshot.number == newest.number - 1
     assert view_state(reopened) == before
+
+
+def rewrite_without_aliases(snapshot: snapshots.Snapshot) -> None:
+    """Rewrite a snapshot file as a gateway wrote it before the view kept aliases: 9 fields per container."""
+    view = dict(snapshot.view, containers=[entry[:9] for entry in snapshot.view["containers"]])
+    legacy = snapshots.Snapshot(
+        snapshot.vector, view, snapshots.compute_digest(snapshot.vector, view), snapshot.origin, snapshot.node, snapshot.created_at,
+    )
+    snapshot.path.write_bytes(snapshots.to_bytes(legacy))
+
+
+async def test_snapshot_without_aliases_is_folded_again(tmp_path):
+    journal = Journal(tmp_path, OWN, IDENTITY)
+    await journal.record_own(added_change(1, aliases=["api", "www"]))
+    await journal.record_own(added_change(2))
+    before = view_state(journal)
+    newest = await journal.write_snapshot()
+    journal.log.close()
+    rewrite_without_aliases(snapshots.load_snapshot(newest.path))
+
+    reopened = Journal(tmp_path, OWN, IDENTITY)
+
+    assert reopened.snapshot.number == newest.number
+    assert reopened.view.containers["own-1"].aliases == ("api", "www")
+    assert [container.id for container in reopened.view.named("api")] == ["own-1"]
+    assert view_state(reopened) == before
+
+
+async def test_snapshot_without_aliases_after_retention_loads_as_is(tmp_path):
+    policy = JournalPolicy(segment_bytes=4096, retention=0, snapshot_every_events=10_000)
+    journal = Journal(tmp_path, OWN, IDENTITY, policy)
+    await journal.record_own(added_change(1, aliases=["api"]))
+    for number in range(2, 40):
+        await journal.record_own(added_change(number))
+    await journal.write_snapshot()
+    newest = await journal.write_snapshot()
+    journal.log.close()
+    assert journal.log.origin(OWN).compacted_through > 0
+    rewrite_without_aliases(snapshots.load_snapshot(newest.path))
+
+    reopened = Journal(tmp_path, OWN, IDENTITY, policy)
+
+    assert reopened.snapshot.number == newest.number
+    assert "own-1" in reopened.view.containers
+    assert reopened.view.containers["own-1"].aliases == ()
+    assert reopened.view.named("api") == []
 
 
 def test_parallel_rebuild_equals_one_process(tmp_path, monkeypatch):

@@ -439,6 +439,46 @@ def test_remote_container_is_reached_over_one_pooled_connection(world):
     assert record_of(gateways[2], answers[0][1]["X-Request-Id"])["hop"] == 1
 
 
+def test_alias_routes_locally_and_via_owner(world):
+    gateways = world.start(host_ids=(1, 2))
+    world.backend("web-b1", "10.100.2.10", 8002)
+    added = gateways[2].add_container("web-b1", "10.100.2.10", ports=[8002], aliases=["API", "www.site"])
+    entry = wait_until(lambda: next((e for e in gateways[1].containers() if e["id"] == added["id"]), None), 5, "web-b1 on gateway 1")
+    assert entry["aliases"] == ["api", "www.site"]
+
+    remote = world.request(f"{gateways[1].proxy}/", host="Api.flatnet")
+    local = world.request(f"{gateways[2].proxy}/", host="www.site.flatnet:8002")
+
+    assert (remote[0], remote[2]) == (200, b"web-b1\n")
+    assert (local[0], local[2]) == (200, b"web-b1\n")
+    remote_record = record_of(gateways[1], remote[1]["X-Request-Id"])
+    assert (remote_record["decision"], remote_record["name"], remote_record["owner"], remote_record["container_id"]) == ("peer", "api", 2, added["id"])
+    forwarded = record_of(gateways[2], remote[1]["X-Request-Id"])
+    assert (forwarded["decision"], forwarded["hop"], forwarded["target"]) == ("local", 1, "http://10.100.2.10:8002")
+    assert record_of(gateways[2], local[1]["X-Request-Id"])["decision"] == "local"
+
+
+def test_hostname_beats_alias_on_every_gateway(world):
+    gateways = world.start(host_ids=(1, 2))
+    world.backend("aliased", "10.100.2.10", 8002)
+    world.backend("named", "10.100.1.10", 8001)
+    aliased = gateways[2].add_container("web-b1", "10.100.2.10", ports=[8002], aliases=["api"])
+    named = gateways[1].add_container("api", "10.100.1.10", ports=[8001])
+    for gateway in gateways.values():
+        wait_until(lambda gateway=gateway: len(gateway.containers()) == 2, 5, f"both containers on gateway {gateway.host_id}")
+
+    for gateway in gateways.values():
+        assert world.request(f"{gateway.proxy}/", host="api.flatnet")[2] == b"named\n"
+        assert gateway.health()["conflicts"] == {"api": [named["id"], aliased["id"]]}
+
+    gateways[1].remove_container(named["id"])
+    wait_until(lambda: len(gateways[2].containers()) == 1, 5, "the removal on gateway 2")
+
+    for gateway in gateways.values():
+        assert world.request(f"{gateway.proxy}/", host="api.flatnet")[2] == b"aliased\n"
+        assert gateway.health()["conflicts"] == {}
+
+
 def test_peer_never_forwards_a_forwarded_request(world):
     gateways = world.start(host_ids=(1, 2))
     world.backend("web-a1", "10.100.1.10", 8001)

@@ -120,6 +120,35 @@ def test_lan_client_reaches_container_on_h2_through_gateway_1(lab):
     assert "status=200" in access[-1]
 
 
+def test_network_alias_reached_from_lan(lab):
+    name, alias = _name("aliased"), _name("alias")
+    lab.run_web("h2", name, "--network", "flatnet", "--network-alias", alias)
+    try:
+        entry = wait_until(
+            lambda: next((e for e in _containers(lab, "h1") if e["hostname"] == name), None), 10, f"{name} on gateway 1"
+        )
+        result = lab.exec("client", ["curl", "-s", "-m", "5", "-H", f"Host: {alias}.flatnet", "http://198.18.0.1/"], check=True)
+    finally:
+        lab.podman("h2", "rm", "-f", "-t", "0", name)
+
+    print(entry, result.stdout)
+    assert alias in entry["aliases"]
+    assert name in result.stdout
+    access = wait_until(
+        lambda: [line for line in lab.access_log("h1").splitlines() if f'host="{alias}.flatnet"' in line],
+        10,
+        f"a line for {alias}.flatnet in gateway 1's access log",
+    )
+    print(access[-1])
+    assert f"name={alias} " in access[-1]
+    assert "decision=peer" in access[-1]
+    assert "status=200" in access[-1]
+
+    wait_until(lambda: name not in _hostnames(lab, "h1"), 10, f"{name} gone from gateway 1")
+    after = lab.exec("client", ["curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {alias}.flatnet", "http://198.18.0.1/"])
+    assert after.stdout == "404"
+
+
 def test_removed_container_leaves_both_gateways(lab):
     name = _name("removed")
     lab.run_web("h2", name)

@@ -91,7 +91,10 @@ class Fleet:
 
     # The owners' logs
 
-    def add(self, origin: int, name: str, *, at: float, container_id: str | None = None, ports: tuple[int, ...] = (80,), number: int = 10) -> str:
+    def add(
+        self, origin: int, name: str, *, at: float, container_id: str | None = None, ports: tuple[int, ...] = (80,), number: int = 10,
+        aliases: tuple[str, ...] = (),
+    ) -> str:
         """Append ``container.added`` to ``origin``'s log at time ``at``; the view gets it on delivery."""
         container_id = container_id or uuid.uuid4().hex
         created = format_time(at)
@@ -100,6 +103,8 @@ class Fleet:
             "id": container_id, "ip": f"10.100.{origin}.{number}", "hostname": name, "ports": list(ports),
             "hostId": origin, "createdAt": created, "ifname": "eth0",
         }
+        if aliases:
+            data["aliases"] = list(aliases)
         self._append(origin, CONTAINER_ADDED, data, at)
         return container_id
 

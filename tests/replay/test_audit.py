@@ -162,6 +162,50 @@ def test_unchanged_history_is_consistent(fleet):
     assert report.by_owner["h2"][Verdict.CONSISTENT] == 5
 
 
+def test_alias_decisions_replay_consistent(fleet):
+    aliased = fleet.add(2, "web", at=START, aliases=("api",))
+    fleet.add(1, "db", at=START, number=11, aliases=("cache",))
+    fleet.deliver()
+    first = fleet.request("api", at=START + 1)
+    fleet.request("cache", at=START + 1.5)
+    # A hostname wins over an alias, even when the alias holder is older.
+    named = fleet.add(3, "api", at=START + 2, number=12)
+    fleet.deliver()
+    second = fleet.request("api", at=START + 3)
+    fleet.remove(3, named, at=START + 4)
+    fleet.deliver()
+    third = fleet.request("api", at=START + 5)
+    fleet.close()
+
+    report = _audit(fleet)
+
+    assert [(record.owner, record.container_id) for record in (first, second, third)] == [(2, aliased), (3, named), (2, aliased)]
+    assert report.counts == {Verdict.CONSISTENT: 4}
+    assert report.findings == []
+    assert report.by_name["api"][Verdict.CONSISTENT] == 3
+    assert report.by_name["cache"][Verdict.CONSISTENT] == 1
+
+
+def test_removed_alias_routed_later_is_stale(fleet):
+    aliased = fleet.add(2, "web", at=START, aliases=("api",))
+    fleet.deliver()
+    fleet.add(2, "web", at=START + 5, container_id=aliased)
+    # The re-add without the alias has not reached gateway 1: it still routes "api" to host 2.
+    fleet.request("api", at=START + 7, not_here=False, status=502)
+    fleet.close()
+
+    report = _audit(fleet)
+
+    [finding] = report.findings
+    assert finding.verdict is Verdict.STALE
+    assert finding.change == "removed"
+    assert finding.lag == 2.0
+    assert (finding.recorded.decision, finding.recorded.container_id) == ("peer", aliased)
+    assert finding.expected.decision == "not-found"
+    [evidence] = finding.evidence
+    assert (evidence.origin, evidence.seq, evidence.type) == (2, 2, "container.added")
+
+
 def test_expired_owner_and_stale_policy_replay_the_same(tmp_path):
     fleet = Fleet(tmp_path / "data", stale_policy="reject")
     fleet.add(2, "web", at=START)

@@ -240,6 +240,24 @@ def test_snapshot_differing_from_the_fold_is_named(tmp_path):
     )
 
 
+def test_snapshot_without_aliases_field_passes(tmp_path):
+    # A snapshot written before the view kept aliases has 9 fields per container.
+    data_dir = tmp_path / "data"
+    events = [make_event(seq) for seq in range(1, 4)]
+    events.append(dataclasses.replace(make_event(4), data={**make_event(4).data, "aliases": ["api"]}))
+    log = OriginLog(data_dir / "log" / str(ORIGIN), ORIGIN)
+    for event in events:
+        log.append(event)
+    log.close()
+
+    def drop_aliases(state):
+        state["containers"] = [entry[:9] for entry in state["containers"]]
+
+    _write_snapshot(data_dir, events, change=drop_aliases)
+
+    assert _kinds(data_dir) == []
+
+
 def test_snapshot_with_invalid_view_is_named(tmp_path):
     data_dir, _ = _data_dir(tmp_path, 2)
 
