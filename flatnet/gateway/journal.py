@@ -21,6 +21,7 @@ import collections
 import dataclasses
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -142,6 +143,10 @@ class Journal:
         self._events_since_snapshot = rebuilt.events
         self._last_snapshot_time = time.monotonic()
         self._snapshot_task: asyncio.Task | None = None
+        self._snapshot_lock = threading.Lock()
+        # Snapshots are numbered as prepared, and only a newer one than the newest stored is written.
+        self._snapshots_prepared = 0
+        self._newest_stored = 0
 
         self._own_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._inflight: dict[str, asyncio.Future[None]] = {}
@@ -425,19 +430,26 @@ class Journal:
             logger.error("failed to write a snapshot: %s; retrying after the next %d events", error, self.policy.snapshot_every_events)
 
     async def write_snapshot(self) -> snapshots.Snapshot:
-        """Write a snapshot of the view as it is now, then apply retention."""
-        prepared = self._prepare_snapshot()
-        written = await asyncio.to_thread(self._store_snapshot, prepared)
+        """Write a snapshot of the view as it is now, then apply retention.
+
+        Returns the snapshot written, or the newer one that made it unnecessary.
+        """
+        generation, prepared = self._prepare_snapshot()
+        written = await asyncio.to_thread(self._store_snapshot, generation, prepared)
+        if written is None:
+            return self.snapshot
         self._after_snapshot(written)
         return written
 
     def write_snapshot_now(self) -> snapshots.Snapshot:
         """Write a snapshot and apply retention without an event loop (on a clean close)."""
-        written = self._store_snapshot(self._prepare_snapshot())
+        written = self._store_snapshot(*self._prepare_snapshot())
+        if written is None:
+            return self.snapshot
         self._after_snapshot(written)
         return written
 
-    def _prepare_snapshot(self) -> snapshots.Snapshot:
+    def _prepare_snapshot(self) -> tuple[int, snapshots.Snapshot]:
         # Taken on the loop thread, so the state matches the vector exactly.
         now = time.time()
         dropped = self.view.prune_tombstones(format_time(now - self.policy.tombstone_retention))
@@ -445,7 +457,8 @@ class Journal:
             logger.info("dropped %d tombstones older than %.0f s", dropped, self.policy.tombstone_retention)
         self._events_since_snapshot = 0
         self._last_snapshot_time = time.monotonic()
-        return snapshots.Snapshot(
+        self._snapshots_prepared += 1
+        return self._snapshots_prepared, snapshots.Snapshot(
             vector=dict(self.view.vector),
             view=self.view.export_state(),
             digest="",
@@ -454,11 +467,24 @@ class Journal:
             created_at=format_time(now),
         )
 
-    def _store_snapshot(self, prepared: snapshots.Snapshot) -> snapshots.Snapshot:
+    def _store_snapshot(self, generation: int, prepared: snapshots.Snapshot) -> snapshots.Snapshot | None:
+        """Write ``prepared`` as the newest snapshot, or return None if a later-prepared one is already stored.
+
+        The background snapshot runs in a worker thread while a reset or a
+        close can write one on the loop's thread, so writers take turns. A
+        snapshot stored after a later-prepared one would become the newest
+        file with an older view, which after a reset still holds the old
+        incarnation's containers.
+        """
         prepared = dataclasses.replace(prepared, digest=snapshots.compute_digest(prepared.vector, prepared.view))
         directory = snapshots.snapshot_dir(self.data_dir)
-        written = snapshots.write_snapshot(directory, prepared)
-        snapshots.prune_snapshots(directory, SNAPSHOTS_KEPT)
+        with self._snapshot_lock:
+            if generation < self._newest_stored:
+                logger.debug("skipped snapshot at vector %s: a later one is already stored", prepared.vector)
+                return None
+            written = snapshots.write_snapshot(directory, prepared)
+            snapshots.prune_snapshots(directory, SNAPSHOTS_KEPT)
+            self._newest_stored = generation
         return written
 
     def _after_snapshot(self, written: snapshots.Snapshot) -> None:

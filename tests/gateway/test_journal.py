@@ -425,3 +425,20 @@ async def test_closing_twice_is_harmless(tmp_path):
 
     assert len(snapshots.list_snapshots(snapshots.snapshot_dir(tmp_path))) == 1
     assert os.path.isdir(tmp_path / "log")
+
+
+async def test_concurrent_snapshots_keep_newest_view(tmp_path):
+    journal = Journal(tmp_path, OWN, IDENTITY, JournalPolicy(snapshot_every_events=10_000))
+    for round_number in range(20):
+        await journal.record_own(added_change(round_number))
+        earlier = asyncio.ensure_future(journal.write_snapshot())
+        # Let the earlier snapshot be prepared and handed to its thread before the next event.
+        await asyncio.sleep(0)
+        await journal.record_own(added_change(100 + round_number))
+        later = journal.write_snapshot()
+
+        await asyncio.gather(earlier, later)
+
+        newest = snapshots.load_snapshot(snapshots.list_snapshots(snapshots.snapshot_dir(tmp_path))[-1])
+        assert newest.vector == {OWN: 2 * (round_number + 1)}
+    await journal.close_async()
