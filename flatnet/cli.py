@@ -9,55 +9,110 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flatnet import i18n
+from flatnet import help_format, i18n
 from flatnet.errors import FlatnetError
 
 i18n.define({
     "cli.error": ("flatnet: error: {message}", "flatnet: エラー: {message}"),
     "cli.interrupted": ("flatnet: interrupted", "flatnet: 中断しました"),
+    "cli.description": (
+        "A flat network for podman containers on hosts joined by Nebula.",
+        "Nebula で結ばれたホスト群の podman コンテナーを 1 つのフラットなネットワークにつなぎます。",
+    ),
+    "cli.help_log_level": (
+        "the lowest level of log records written to stderr (default INFO)",
+        "stderr に書くログレコードの最低レベル（既定 INFO）",
+    ),
+    "cli.help_log_format": (
+        "text lines for people (default), or JSON lines for log collectors",
+        "人が読むテキスト行（既定）、またはログ収集ツール向けの JSON Lines",
+    ),
+    "cli.help_gateway": ("run this host's gateway daemon", "このホストのゲートウェイデーモンを実行します"),
+    "cli.help_gateway_config": ("path of the gateway's TOML config file", "ゲートウェイの TOML 設定ファイルのパス"),
+    "cli.help_install": (
+        "install the plugin, configs and systemd unit on this host (root)",
+        "このホストにプラグイン、設定、systemd ユニットをインストールします（root が必要）",
+    ),
+    "cli.help_install_host_id": ("this host's id, 1-254, unique in the fleet", "このホストの ID（1〜254、フリート内で一意）"),
+    "cli.help_install_dry_run": ("show what would be written, write nothing", "書き込む内容を表示するだけで、何も書き込みません"),
+    "cli.help_install_force": ("overwrite existing files that differ", "内容の異なる既存ファイルを上書きします"),
+    "cli.help_install_root": (
+        "install under this directory instead of / (default /)",
+        "/ の代わりにこのディレクトリーの下へインストールします（既定 /）",
+    ),
+    "cli.help_uninstall": ("remove what flatnet install wrote", "flatnet install が書き込んだものを削除します"),
+    "cli.help_uninstall_dry_run": ("show what would be removed, remove nothing", "削除する対象を表示するだけで、何も削除しません"),
+    "cli.help_uninstall_purge": (
+        "also remove /var/lib/flatnet (the event log) and /var/log/flatnet",
+        "/var/lib/flatnet（イベントログ）と /var/log/flatnet も削除します",
+    ),
+    "cli.help_uninstall_root": (
+        "uninstall under this directory instead of / (default /)",
+        "/ の代わりにこのディレクトリーの下からアンインストールします（既定 /）",
+    ),
+    "cli.help_status": (
+        "show this host's gateway, its peers and containers",
+        "このホストのゲートウェイ、そのピアとコンテナーを表示します",
+    ),
+    "cli.help_status_config": (
+        "the gateway's TOML config (default /etc/flatnet/gateway.toml)",
+        "ゲートウェイの TOML 設定ファイル（既定 /etc/flatnet/gateway.toml）",
+    ),
+    "cli.help_status_api": (
+        "the gateway API URL instead of reading the config, e.g. http://10.100.0.1:8080",
+        "設定ファイルを読む代わりに使うゲートウェイ API の URL（例: http://10.100.0.1:8080）",
+    ),
+    "cli.help_status_json": ("print JSON for tools instead of a table", "表の代わりにツール向けの JSON を出力します"),
+    "cli.help_status_watch": ("redraw every SECONDS seconds until Ctrl-C", "Ctrl-C まで SECONDS 秒ごとに表示し直します"),
+    "cli.help_demo": (
+        "build a 2-host lab and walk through flatnet end to end",
+        "2 ホストのラボを構築し、flatnet を端から端まで順に実演します",
+    ),
+    "cli.invalid_watch": (
+        "--watch {value} is invalid: give a number of seconds above 0, e.g. --watch 2",
+        "--watch {value} は無効です。0 より大きい秒数を指定してください（例: --watch 2）",
+    ),
 })
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flatnet",
-        description="A flat network for podman containers on hosts joined by Nebula.",
-    )
+    """Build the `flatnet` parser, with every help text and argparse's own words in the locale's language."""
+    help_format.install_argparse_translation()
+    parser = help_format.ArgumentParser(prog="flatnet", description=i18n.text("cli.description"))
     parser.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="the lowest level of log records written to stderr (default INFO)",
+        help=i18n.text("cli.help_log_level"),
     )
     parser.add_argument(
-        "--log-format", default="text", choices=["text", "json"],
-        help="text lines for people (default), or JSON lines for log collectors",
+        "--log-format", default="text", choices=["text", "json"], help=i18n.text("cli.help_log_format"),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    gateway = commands.add_parser("gateway", help="run this host's gateway daemon")
-    gateway.add_argument("--config", required=True, help="path of the gateway's TOML config file")
+    gateway = help_format.add_command(commands, "gateway", i18n.text("cli.help_gateway"))
+    gateway.add_argument("--config", required=True, help=i18n.text("cli.help_gateway_config"))
     gateway.set_defaults(run=_run_gateway)
 
-    install = commands.add_parser("install", help="install the plugin, configs and systemd unit on this host (root)")
-    install.add_argument("--host-id", type=int, required=True, help="this host's id, 1-254, unique in the fleet")
-    install.add_argument("--dry-run", action="store_true", help="show what would be written, write nothing")
-    install.add_argument("--force", action="store_true", help="overwrite existing files that differ")
-    install.add_argument("--root", default="/", help="install under this directory instead of / (default /)")
+    install = help_format.add_command(commands, "install", i18n.text("cli.help_install"))
+    install.add_argument("--host-id", type=int, required=True, help=i18n.text("cli.help_install_host_id"))
+    install.add_argument("--dry-run", action="store_true", help=i18n.text("cli.help_install_dry_run"))
+    install.add_argument("--force", action="store_true", help=i18n.text("cli.help_install_force"))
+    install.add_argument("--root", default="/", help=i18n.text("cli.help_install_root"))
     install.set_defaults(run=_run_install)
 
-    uninstall = commands.add_parser("uninstall", help="remove what flatnet install wrote")
-    uninstall.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
-    uninstall.add_argument("--purge", action="store_true", help="also remove /var/lib/flatnet (the event log) and /var/log/flatnet")
-    uninstall.add_argument("--root", default="/", help="uninstall under this directory instead of / (default /)")
+    uninstall = help_format.add_command(commands, "uninstall", i18n.text("cli.help_uninstall"))
+    uninstall.add_argument("--dry-run", action="store_true", help=i18n.text("cli.help_uninstall_dry_run"))
+    uninstall.add_argument("--purge", action="store_true", help=i18n.text("cli.help_uninstall_purge"))
+    uninstall.add_argument("--root", default="/", help=i18n.text("cli.help_uninstall_root"))
     uninstall.set_defaults(run=_run_uninstall)
 
-    status = commands.add_parser("status", help="show this host's gateway, its peers and containers")
-    status.add_argument("--config", help="the gateway's TOML config (default /etc/flatnet/gateway.toml)")
-    status.add_argument("--api", help="the gateway API URL instead of reading the config, e.g. http://10.100.0.1:8080")
-    status.add_argument("--json", action="store_true", help="print JSON for tools instead of a table")
-    status.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS seconds until Ctrl-C")
+    status = help_format.add_command(commands, "status", i18n.text("cli.help_status"))
+    status.add_argument("--config", help=i18n.text("cli.help_status_config"))
+    status.add_argument("--api", help=i18n.text("cli.help_status_api"))
+    status.add_argument("--json", action="store_true", help=i18n.text("cli.help_status_json"))
+    status.add_argument("--watch", type=float, metavar="SECONDS", help=i18n.text("cli.help_status_watch"))
     status.set_defaults(run=_run_status)
 
-    demo = commands.add_parser("demo", help="build a 2-host lab and walk through flatnet end to end")
+    demo = help_format.add_command(commands, "demo", i18n.text("cli.help_demo"))
     demo.set_defaults(run=_run_demo)
 
     from flatnet.lab.cli import register as register_lab
@@ -110,7 +165,7 @@ def _run_status(args: argparse.Namespace) -> int:
     from flatnet.status import run_status
 
     if args.watch is not None and args.watch <= 0:
-        raise FlatnetError(f"--watch {args.watch} is invalid: give a number of seconds above 0, e.g. --watch 2")
+        raise FlatnetError(i18n.text("cli.invalid_watch", value=args.watch))
     config = Path(args.config) if args.config else None
     return run_status(config, args.api, as_json=args.json, watch=args.watch)
 

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from flatnet import i18n
+from flatnet.help_format import add_command
 from flatnet.errors import FlatnetError
 
 DEFAULT_CONFIG = Path("/etc/flatnet/gateway.toml")
@@ -107,25 +108,25 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `routes`, `nebula` and `doctor` to the `flatnet` parser's subcommands."""
-    routes = commands.add_parser("routes", help=i18n.text("routing.help_routes"))
+    routes = add_command(commands, "routes", i18n.text("routing.help_routes"))
     route_actions = routes.add_subparsers(dest="routes_command", required=True, metavar="COMMAND")
-    show = route_actions.add_parser("show", help=i18n.text("routing.help_show"))
+    show = add_command(route_actions, "show", i18n.text("routing.help_show"))
     _add_config(show)
     show.add_argument("--json", action="store_true", help=i18n.text("routing.help_json"))
     show.set_defaults(run=run_routes_show)
-    apply = route_actions.add_parser("apply", help=i18n.text("routing.help_apply"))
+    apply = add_command(route_actions, "apply", i18n.text("routing.help_apply"))
     _add_config(apply)
     apply.add_argument("--dry-run", action="store_true", help=i18n.text("routing.help_dry_run"))
     apply.set_defaults(run=run_routes_apply)
 
-    nebula = commands.add_parser("nebula", help=i18n.text("routing.help_nebula"))
+    nebula = add_command(commands, "nebula", i18n.text("routing.help_nebula"))
     nebula_actions = nebula.add_subparsers(dest="nebula_command", required=True, metavar="COMMAND")
-    config = nebula_actions.add_parser("config", help=i18n.text("routing.help_nebula_config"))
+    config = add_command(nebula_actions, "config", i18n.text("routing.help_nebula_config"))
     _add_config(config)
     config.add_argument("--write", type=Path, metavar="FILE", help=i18n.text("routing.help_write"))
     config.add_argument("--restart", metavar="UNIT_OR_PID", help=i18n.text("routing.help_restart"))
     config.set_defaults(run=run_nebula_config)
-    sign = nebula_actions.add_parser("sign", help=i18n.text("routing.help_sign"))
+    sign = add_command(nebula_actions, "sign", i18n.text("routing.help_sign"))
     sign.add_argument("--host-id", type=_host_id, required=True, help=i18n.text("routing.help_host_id"))
     sign.add_argument("--ca-crt", type=Path, default=Path("ca.crt"), help=i18n.text("routing.help_ca_crt"))
     sign.add_argument("--ca-key", type=Path, default=Path("ca.key"), help=i18n.text("routing.help_ca_key"))
@@ -135,7 +136,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sign.add_argument("--duration", help=i18n.text("routing.help_duration"))
     sign.set_defaults(run=run_nebula_sign)
 
-    doctor = commands.add_parser("doctor", help=i18n.text("routing.help_doctor"))
+    doctor = add_command(commands, "doctor", i18n.text("routing.help_doctor"))
     doctor.add_argument("peer", type=_host_id, metavar="HOST_ID", help=i18n.text("routing.help_peer"))
     _add_config(doctor)
     doctor.add_argument(

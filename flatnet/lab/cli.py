@@ -13,6 +13,7 @@ import sys
 import time
 
 from flatnet import i18n
+from flatnet.help_format import add_command
 from flatnet.errors import FlatnetError
 
 i18n.define({
@@ -71,10 +72,10 @@ SERVICES = ("gateway", "nebula")
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `lab` and its subcommands to the `flatnet` parser's subcommands."""
-    lab = commands.add_parser("lab", help=i18n.text("lab.help"), description=i18n.text("lab.help"))
+    lab = add_command(commands, "lab", i18n.text("lab.help"))
     actions = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
 
-    up = actions.add_parser("up", help=i18n.text("lab.help_up"))
+    up = add_command(actions, "up", i18n.text("lab.help_up"))
     up.add_argument("--hosts", type=int, default=2, metavar="N", help=i18n.text("lab.help_hosts"))
     up.add_argument("--ttl", type=int, default=300, metavar="SECONDS", help=i18n.text("lab.help_ttl"))
     up.add_argument("--mtu", type=int, default=1300, metavar="BYTES", help=i18n.text("lab.help_mtu"))
@@ -84,25 +85,25 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     up.set_defaults(run=run_up)
 
-    down = actions.add_parser("down", help=i18n.text("lab.help_down"))
+    down = add_command(actions, "down", i18n.text("lab.help_down"))
     down.set_defaults(run=run_down)
 
-    status = actions.add_parser("status", help=i18n.text("lab.help_status"))
+    status = add_command(actions, "status", i18n.text("lab.help_status"))
     status.add_argument("--json", action="store_true", help=i18n.text("lab.help_json"))
     status.set_defaults(run=run_status)
 
-    execute = actions.add_parser("exec", help=i18n.text("lab.help_exec"))
+    execute = add_command(actions, "exec", i18n.text("lab.help_exec"))
     execute.add_argument("member", metavar="HOST", help=i18n.text("lab.help_member"))
     execute.add_argument("command", nargs=argparse.REMAINDER, help=i18n.text("lab.help_command"))
     execute.set_defaults(run=run_exec)
 
     for name, help_key, run in (("join", "lab.help_join", run_join), ("leave", "lab.help_leave", run_leave)):
-        action = actions.add_parser(name, help=i18n.text(help_key))
+        action = add_command(actions, name, i18n.text(help_key))
         action.add_argument("host", metavar="HOST", help=i18n.text("lab.help_host"))
         action.set_defaults(run=run)
 
     for name, help_key, run in (("stop", "lab.help_stop", run_stop), ("start", "lab.help_start", run_start)):
-        action = actions.add_parser(name, help=i18n.text(help_key))
+        action = add_command(actions, name, i18n.text(help_key))
         action.add_argument("host", metavar="HOST", help=i18n.text("lab.help_host"))
         action.add_argument("service", choices=SERVICES, help=i18n.text("lab.help_service"))
         action.set_defaults(run=run)
