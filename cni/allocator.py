@@ -14,9 +14,45 @@ import ipaddress
 import time
 from collections.abc import Iterator
 
+from flatnet import i18n
 from flatnet.cni.config import NetConf
 from flatnet.cni.spec import ADDRESS_UNAVAILABLE, ADDRESSES_EXHAUSTED, CniError
 from flatnet.cni.store import Reservation, ReservationStore
+from flatnet.i18n import Message
+
+i18n.define({
+    "cni.alloc.already_holds": (
+        "container {container_id} already holds {held}, not the requested {requested}",
+        "コンテナー {container_id} はすでに {held} を持っています。要求された {requested} ではありません",
+    ),
+    "cni.alloc.already_holds_hint": (
+        "remove the container's network (DEL) before asking for another address",
+        "別のアドレスを要求する前に、コンテナーのネットワークを削除（DEL）してください",
+    ),
+    "cni.alloc.exhausted": ("no free address in range {start}-{end} of {subnet}", "{subnet} の範囲 {start}-{end} に空きアドレスがありません"),
+    "cni.alloc.exhausted_hint": (
+        "all {count} addresses are reserved; remove containers or widen rangeStart/rangeEnd",
+        "{count} 個のアドレスがすべて予約済みです。コンテナーを削除するか、rangeStart/rangeEnd を広げてください",
+    ),
+    "cni.alloc.not_in_subnet": (
+        "requested address {address} is not in this host's subnet {subnet}",
+        "要求されたアドレス {address} はこのホストのサブネット {subnet} にありません",
+    ),
+    "cni.alloc.is_gateway": (
+        "requested address {address} is the gateway of {subnet}",
+        "要求されたアドレス {address} は {subnet} のゲートウェイです",
+    ),
+    "cni.alloc.outside_range": (
+        "requested address {address} is outside the range {start}-{end}",
+        "要求されたアドレス {address} は範囲 {start}-{end} の外です",
+    ),
+    "cni.alloc.outside_range_hint": (
+        "ask for an address inside rangeStart-rangeEnd; the addresses below are kept for the host",
+        "rangeStart-rangeEnd 内のアドレスを要求してください。それより下のアドレスはホスト用に確保されています",
+    ),
+    "cni.alloc.held": ("requested address {address} is already held by {holder}", "要求されたアドレス {address} はすでに {holder} が使っています"),
+    "cni.alloc.another_container": ("another container", "別のコンテナー"),
+})
 
 
 def allocate(
@@ -41,8 +77,8 @@ def allocate(
             if requested is not None and reservation.address != requested:
                 raise CniError(
                     ADDRESS_UNAVAILABLE,
-                    f"container {container_id} already holds {reservation.address}, not the requested {requested}",
-                    "remove the container's network (DEL) before asking for another address",
+                    Message("cni.alloc.already_holds", container_id=container_id, held=reservation.address, requested=requested),
+                    Message("cni.alloc.already_holds_hint"),
                 )
             return reservation
 
@@ -72,8 +108,8 @@ def allocate(
 
     raise CniError(
         ADDRESSES_EXHAUSTED,
-        f"no free address in range {conf.range_start}-{conf.range_end} of {conf.subnet}",
-        f"all {len(reserved)} addresses are reserved; remove containers or widen rangeStart/rangeEnd",
+        Message("cni.alloc.exhausted", start=conf.range_start, end=conf.range_end, subnet=conf.subnet),
+        Message("cni.alloc.exhausted_hint", count=len(reserved)),
     )
 
 
@@ -96,17 +132,17 @@ def _reserve_requested(
 ) -> Reservation:
     requested = reservation.address
     if requested not in conf.subnet:
-        raise CniError(ADDRESS_UNAVAILABLE, f"requested address {requested} is not in this host's subnet {conf.subnet}")
+        raise CniError(ADDRESS_UNAVAILABLE, Message("cni.alloc.not_in_subnet", address=requested, subnet=conf.subnet))
     if requested == conf.gateway:
-        raise CniError(ADDRESS_UNAVAILABLE, f"requested address {requested} is the gateway of {conf.subnet}")
+        raise CniError(ADDRESS_UNAVAILABLE, Message("cni.alloc.is_gateway", address=requested, subnet=conf.subnet))
     if not conf.range_start <= requested <= conf.range_end:
         raise CniError(
             ADDRESS_UNAVAILABLE,
-            f"requested address {requested} is outside the range {conf.range_start}-{conf.range_end}",
-            "ask for an address inside rangeStart-rangeEnd; the addresses below are kept for the host",
+            Message("cni.alloc.outside_range", address=requested, start=conf.range_start, end=conf.range_end),
+            Message("cni.alloc.outside_range_hint"),
         )
     owner = reserved.get(requested)
     if owner is not None or not store.reserve(reservation):
-        holder = owner.container_id if owner and owner.container_id else "another container"
-        raise CniError(ADDRESS_UNAVAILABLE, f"requested address {requested} is already held by {holder}")
+        holder = owner.container_id if owner and owner.container_id else Message("cni.alloc.another_container")
+        raise CniError(ADDRESS_UNAVAILABLE, Message("cni.alloc.held", address=requested, holder=holder))
     return reservation

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from flatnet import i18n
 from flatnet.cni import faults, handoff, netlink, wanted
 from flatnet.cni.allocator import allocate
 from flatnet.cni.config import NetConf, load_netconf
@@ -29,9 +30,78 @@ from flatnet.cni.spec import (
     shape_result,
 )
 from flatnet.cni.store import DirectoryStore, Reservation
+from flatnet.i18n import Joined, Message
 from flatnet.logs import cni as logger
 
 DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
+
+i18n.define({
+    "cni.outbox_failed": (
+        "failed to record change {change_id} ({change_type}) in the outbox: {error}",
+        "変更 {change_id}（{change_type}）を outbox に記録できませんでした: {error}",
+    ),
+    "cni.interface_exists": (
+        "interface {ifname} already exists in the container ({netns})",
+        "インターフェース {ifname} はコンテナー内にすでに存在します（{netns}）",
+    ),
+    "cni.interface_exists_hint": (
+        "remove it, or run DEL for the container first",
+        "それを削除するか、先にコンテナーの DEL を実行してください",
+    ),
+    "cni.interface_not_attached": (
+        "interface {ifname} already exists in {netns} but is not attached to {bridge} with {address}",
+        "インターフェース {ifname} は {netns} にすでに存在しますが、{address} で {bridge} に接続されていません",
+    ),
+    "cni.interface_not_attached_hint": (
+        "run DEL for the container, then ADD again",
+        "コンテナーの DEL を実行してから、もう一度 ADD を実行してください",
+    ),
+    "cni.check.no_address": (
+        "container {container_id} holds no address on {ifname}",
+        "コンテナー {container_id} は {ifname} にアドレスを持っていません",
+    ),
+    "cni.check.other_address": (
+        "container {container_id} holds {held}, not {expected} of prevResult",
+        "コンテナー {container_id} が持つのは {held} で、prevResult の {expected} ではありません",
+    ),
+    "cni.check.interface_missing": ("interface {ifname} is missing from {netns}", "インターフェース {ifname} が {netns} にありません"),
+    "cni.check.other_mac": (
+        "interface {ifname} has MAC {mac}, not {expected} of prevResult",
+        "インターフェース {ifname} の MAC は {mac} で、prevResult の {expected} ではありません",
+    ),
+    "cni.check.address_missing": (
+        "interface {ifname} in {netns} does not have {address}",
+        "{netns} のインターフェース {ifname} に {address} がありません",
+    ),
+    "cni.check.addresses_found": ("found {addresses}", "見つかったアドレス: {addresses}"),
+    "cni.check.no_address_found": ("found no address", "アドレスが 1 つもありません"),
+    "cni.check.route_missing": (
+        "the default route via {gateway} on {ifname} is missing in {netns}",
+        "{netns} に {ifname} 上の {gateway} 経由のデフォルト経路がありません",
+    ),
+    "cni.check.bridge_missing": ("bridge {bridge} is missing on the host", "ホストにブリッジ {bridge} がありません"),
+    "cni.check.peer_not_attached": (
+        "the host end of {ifname} is not attached to bridge {bridge}",
+        "{ifname} のホスト側がブリッジ {bridge} に接続されていません",
+    ),
+    "cni.check.other_peer": (
+        "the host end of {ifname} is {peer}, not {expected} of prevResult",
+        "{ifname} のホスト側は {peer} で、prevResult の {expected} ではありません",
+    ),
+    "cni.gc.partial": (
+        "GC freed {freed} of {stale} stale reservations",
+        "GC は古い予約 {stale} 件のうち {freed} 件を解放しました",
+    ),
+    "cni.gc.problem": ("{attachment} ({address}): {error}", "{attachment}（{address}）: {error}"),
+    "cni.status.data_dir_unusable": (
+        "data directory {data_dir} is not usable: {error}",
+        "データディレクトリー {data_dir} を使えません: {error}",
+    ),
+    "cni.status.exhausted_hint": (
+        "remove containers or widen rangeStart/rangeEnd",
+        "コンテナーを削除するか、rangeStart/rangeEnd を広げてください",
+    ),
+})
 
 
 def run(request: Request, announcer: Announcer | None = None) -> dict[str, Any] | None:
@@ -131,7 +201,7 @@ def _announce(announcer: Announcer, change) -> handoff.Delivery:
     try:
         return announcer.announce(change)
     except OSError as error:
-        raise CniError(IO_FAILURE, f"failed to record change {change.id} ({change.type}) in the outbox: {error}") from None
+        raise CniError(IO_FAILURE, Message("cni.outbox_failed", change_id=change.id, change_type=change.type, error=error)) from None
 
 
 @contextlib.contextmanager
@@ -144,7 +214,7 @@ def _sockets(request: Request) -> Iterator[tuple[netlink.IPRoute, netlink.IPRout
         container = netlink.open_route_socket(request.netns)
         yield host, container, host_netns_fd
     except netlink.NetlinkFailure as error:
-        raise CniError(NETLINK_FAILURE, str(error)) from None
+        raise CniError(NETLINK_FAILURE, error.message) from None
     finally:
         os.close(host_netns_fd)
         host.close()
@@ -161,8 +231,12 @@ def _set_up_interfaces(
         bridge = netlink.ensure_bridge(host, conf.bridge, gateway, conf.mtu)
         try:
             container_link, peer = netlink.create_veth(container, request.ifname, host_netns_fd, conf.mtu, mac)
-        except netlink.InterfaceExists as error:
-            raise CniError(INTERFACE_EXISTS, f"{error} ({request.netns})", "remove it, or run DEL for the container first") from None
+        except netlink.InterfaceExists:
+            raise CniError(
+                INTERFACE_EXISTS,
+                Message("cni.interface_exists", ifname=request.ifname, netns=request.netns),
+                Message("cni.interface_exists_hint"),
+            ) from None
         netns = request.netns
         undo.push(f"delete {request.ifname} in {netns}", lambda: _delete_container_interface(netns, request.ifname))
         faults.reach(request, "add:after-veth")
@@ -209,8 +283,8 @@ def _describe_existing(request: Request, conf: NetConf, reservation: Reservation
     if not in_place:
         raise CniError(
             INTERFACE_EXISTS,
-            f"interface {request.ifname} already exists in {request.netns} but is not attached to {conf.bridge} with {address}",
-            "run DEL for the container, then ADD again",
+            Message("cni.interface_not_attached", ifname=request.ifname, netns=request.netns, bridge=conf.bridge, address=address),
+            Message("cni.interface_not_attached_hint"),
         )
     return _result(conf, bridge, host_link, container_link, address, request.netns)
 
@@ -241,7 +315,7 @@ def delete(request: Request, conf: NetConf, announcer: Announcer) -> None:
         try:
             found = _delete_container_interface(request.netns, request.ifname)
         except netlink.NetlinkFailure as error:
-            raise CniError(NETLINK_FAILURE, str(error)) from None
+            raise CniError(NETLINK_FAILURE, error.message) from None
     faults.reach(request, "del:after-interfaces")
 
     with DirectoryStore(conf.data_dir) as store:
@@ -265,34 +339,44 @@ def check(request: Request, conf: NetConf) -> None:
     with DirectoryStore(conf.data_dir) as store:
         held = store.owned_by(request.container_id, request.ifname)
     if held is None:
-        raise CniError(CHECK_FAILED, f"container {request.container_id} holds no address on {request.ifname}")
+        raise CniError(CHECK_FAILED, Message("cni.check.no_address", container_id=request.container_id, ifname=request.ifname))
     if held.address != expected.address.ip:
-        raise CniError(CHECK_FAILED, f"container {request.container_id} holds {held.address}, not {expected.address.ip} of prevResult")
+        raise CniError(CHECK_FAILED, Message(
+            "cni.check.other_address", container_id=request.container_id, held=held.address, expected=expected.address.ip
+        ))
 
     with _sockets(request) as (host, container, _):
         link = netlink.find_link(container, request.ifname)
         if link is None:
-            raise CniError(CHECK_FAILED, f"interface {request.ifname} is missing from {request.netns}")
+            raise CniError(CHECK_FAILED, Message("cni.check.interface_missing", ifname=request.ifname, netns=request.netns))
         if expected.mac and link.mac.lower() != expected.mac.lower():
-            raise CniError(CHECK_FAILED, f"interface {request.ifname} has MAC {link.mac}, not {expected.mac} of prevResult")
+            raise CniError(CHECK_FAILED, Message("cni.check.other_mac", ifname=request.ifname, mac=link.mac, expected=expected.mac))
         present = netlink.addresses(container, link)
         if expected.address not in present:
+            if present:
+                found = Message("cni.check.addresses_found", addresses=", ".join(map(str, present)))
+            else:
+                found = Message("cni.check.no_address_found")
             raise CniError(
                 CHECK_FAILED,
-                f"interface {request.ifname} in {request.netns} does not have {expected.address}",
-                f"found {', '.join(map(str, present)) or 'no address'}",
+                Message("cni.check.address_missing", ifname=request.ifname, netns=request.netns, address=expected.address),
+                found,
             )
         if not netlink.has_route(container, DEFAULT_ROUTE, conf.gateway, link):
-            raise CniError(CHECK_FAILED, f"the default route via {conf.gateway} on {request.ifname} is missing in {request.netns}")
+            raise CniError(CHECK_FAILED, Message(
+                "cni.check.route_missing", gateway=conf.gateway, ifname=request.ifname, netns=request.netns
+            ))
 
         bridge = netlink.find_link(host, conf.bridge)
         if bridge is None or bridge.kind != "bridge":
-            raise CniError(CHECK_FAILED, f"bridge {conf.bridge} is missing on the host")
+            raise CniError(CHECK_FAILED, Message("cni.check.bridge_missing", bridge=conf.bridge))
         peer = netlink.link_by_index(host, link.peer_index) if link.peer_index else None
         if peer is None or peer.master != bridge.index:
-            raise CniError(CHECK_FAILED, f"the host end of {request.ifname} is not attached to bridge {conf.bridge}")
+            raise CniError(CHECK_FAILED, Message("cni.check.peer_not_attached", ifname=request.ifname, bridge=conf.bridge))
         if expected.host_veth and peer.name != expected.host_veth:
-            raise CniError(CHECK_FAILED, f"the host end of {request.ifname} is {peer.name}, not {expected.host_veth} of prevResult")
+            raise CniError(CHECK_FAILED, Message(
+                "cni.check.other_peer", ifname=request.ifname, peer=peer.name, expected=expected.host_veth
+            ))
 
 
 def gc(request: Request, conf: NetConf, announcer: Announcer) -> None:
@@ -315,11 +399,16 @@ def gc(request: Request, conf: NetConf, announcer: Announcer) -> None:
             with DirectoryStore(conf.data_dir) as store:
                 store.release(reservation.container_id, reservation.ifname)
         except (OSError, CniError) as error:
-            problems.append(f"{reservation.container_id}/{reservation.ifname} ({reservation.address}): {error}")
+            problems.append(Message(
+                "cni.gc.problem",
+                attachment=f"{reservation.container_id}/{reservation.ifname}",
+                address=reservation.address,
+                error=error.message if isinstance(error, CniError) else error,
+            ))
             continue
         logger.info("GC %s/%s: released %s", reservation.container_id, reservation.ifname, reservation.address)
     if problems:
-        raise CniError(IO_FAILURE, f"GC freed {len(stale) - len(problems)} of {len(stale)} stale reservations", "; ".join(problems))
+        raise CniError(IO_FAILURE, Message("cni.gc.partial", freed=len(stale) - len(problems), stale=len(stale)), Joined(problems))
 
 
 def status(conf: NetConf) -> None:
@@ -328,14 +417,14 @@ def status(conf: NetConf) -> None:
         with DirectoryStore(conf.data_dir) as store:
             reserved = store.reserved()
     except OSError as error:
-        raise CniError(PLUGIN_NOT_AVAILABLE, f"data directory {conf.data_dir} is not usable: {error}") from None
+        raise CniError(PLUGIN_NOT_AVAILABLE, Message("cni.status.data_dir_unusable", data_dir=conf.data_dir, error=error)) from None
     size = int(conf.range_end) - int(conf.range_start) + 1
     taken = sum(1 for address in reserved if conf.range_start <= address <= conf.range_end)
     gateway_inside = conf.range_start <= conf.gateway <= conf.range_end
     if taken + gateway_inside >= size:
         raise CniError(
             PLUGIN_NOT_AVAILABLE,
-            f"no free address in range {conf.range_start}-{conf.range_end} of {conf.subnet}",
-            "remove containers or widen rangeStart/rangeEnd",
+            Message("cni.alloc.exhausted", start=conf.range_start, end=conf.range_end, subnet=conf.subnet),
+            Message("cni.status.exhausted_hint"),
         )
 

@@ -3,16 +3,20 @@
 The launcher calls this in-process, and the gateway's fast path calls it for
 each request on its socket: the same function, so both paths give the same
 result. Diagnostics go to ``<dataDir>/cni.log`` through the ``flatnet.cni``
-logger, never to stdout.
+logger, never to stdout, in English. The error object on stdout is in the
+language of the locale variables in ``environ``: on the fast path those are
+the plugin's, which the launcher forwards, not the gateway's.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from pathlib import Path
 
-from flatnet.cni import spec
+from flatnet import i18n
+from flatnet.cni import command_metrics, spec
 from flatnet.cni.handoff import Announcer
 from flatnet.cni.spec import CniError
 from flatnet.logs import cni as logger
@@ -33,6 +37,7 @@ class _DataDirLog(logging.FileHandler):
 def execute(environ: dict[str, str], stdin: bytes, announcer: Announcer | None = None) -> tuple[bytes, int]:
     """Run one command; return what goes to stdout and the exit code."""
     cni_version = spec.error_version(stdin)
+    japanese = i18n.locale_is_japanese(environ)
     try:
         request = spec.parse_request(environ, stdin)
         if request.command == "VERSION":
@@ -47,12 +52,33 @@ def execute(environ: dict[str, str], stdin: bytes, announcer: Announcer | None =
         if error.code not in (spec.INVALID_ENVIRONMENT, spec.DECODE_FAILURE, spec.INCOMPATIBLE_VERSION):
             logger.warning("%s %s/%s failed with code %d: %s %s", environ.get("CNI_COMMAND"), environ.get("CNI_CONTAINERID"),
                            environ.get("CNI_IFNAME"), error.code, error.msg, error.details)
-        return spec.encode(error.as_dict(cni_version)), 1
+        return spec.encode(error.as_dict(cni_version, japanese=japanese)), 1
     except Exception as error:  # noqa: BLE001 - the runtime must get a CNI error object, not a traceback
         logger.error("%s %s/%s failed unexpectedly:\n%s", environ.get("CNI_COMMAND"), environ.get("CNI_CONTAINERID"),
                      environ.get("CNI_IFNAME"), traceback.format_exc())
-        return spec.encode(CniError(spec.INTERNAL_FAILURE, f"internal error: {error}").as_dict(cni_version)), 1
+        failure = CniError(spec.INTERNAL_FAILURE, i18n.Message("cni.internal_error", error=error))
+        return spec.encode(failure.as_dict(cni_version, japanese=japanese)), 1
     return (spec.encode(result) if result is not None else b""), 0
+
+
+def execute_in_process(environ: dict[str, str], stdin: bytes) -> tuple[bytes, int]:
+    """Run one command in the plugin's own process and add it to the in-process metrics of its data directory.
+
+    The gateway counts the fast path itself; this is the plugin's side of the
+    same metrics (see flatnet.cni.command_metrics). The duration covers the
+    command's work, including the import of pyroute2.
+    """
+    started = time.perf_counter()
+    # An exception out of execute (the launcher turns it into code 999) counts as an error too.
+    code = 1
+    try:
+        stdout, code = execute(environ, stdin)
+    finally:
+        seconds = time.perf_counter() - started
+        data_dir = command_metrics.data_dir_of(stdin)
+        if data_dir is not None:
+            command_metrics.record(data_dir, environ.get("CNI_COMMAND", ""), code == 0, seconds)
+    return stdout, code
 
 
 def _log_to(data_dir: object) -> None:

@@ -17,11 +17,15 @@ from __future__ import annotations
 import os
 import signal
 
+from flatnet import i18n
 from flatnet.cni.spec import INTERNAL_FAILURE, CniError, Request
+from flatnet.i18n import Message
 
 ADD_POINTS = ("add:after-reserve", "add:after-veth", "add:after-interfaces", "add:after-announce")
 DEL_POINTS = ("del:after-interfaces", "del:after-announce", "del:after-release")
 POINTS = ADD_POINTS + DEL_POINTS
+
+i18n.define({"cni.fault_injected": ("injected failure at {point}", "{point} で注入された障害です")})
 
 
 def reach(request: Request, point: str) -> None:
@@ -35,4 +39,4 @@ def reach(request: Request, point: str) -> None:
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         if action == "fail":
-            raise CniError(INTERNAL_FAILURE, f"injected failure at {point}")
+            raise CniError(INTERNAL_FAILURE, Message("cni.fault_injected", point=point))

@@ -38,10 +38,29 @@ PROTOCOL_MAGIC = b"FLATNET-CNI 1"
 TAKEN = b"+"
 REFUSED = b"-"
 COMMIT = b"+"
-# Environment variables the gateway gets: the CNI ones, and the fault
-# injection hook of flatnet.cni.faults used by the crash tests.
+# Environment variables the gateway gets: the CNI ones, the fault injection
+# hook of flatnet.cni.faults used by the crash tests, and the locale, so that
+# the gateway writes error messages in the plugin's language, not its own.
 FORWARDED_PREFIX = b"CNI_"
 FAULT_VARIABLE = b"FLATNET_CNI_FAULT"
+# In their order of precedence, as flatnet.i18n.locale_is_japanese reads them.
+LOCALE_VARIABLES = (b"LC_ALL", b"LC_MESSAGES", b"LANG")
+
+# The launcher's own CNI errors: key -> (English, Japanese). flatnet.cni.spec
+# adds them to the flatnet.i18n catalog, which this module cannot import
+# because it runs without site-packages.
+MESSAGES = {
+    "cni.gateway_failed": (
+        "the host's gateway failed while running {command}; the runtime's DEL cleans up, then retry",
+        "ホストのゲートウェイが {command} の実行中に失敗しました。ランタイムの DEL が後始末をするので、その後で再試行してください",
+    ),
+    "cni.gateway_no_reply": ("the gateway at {path} did not reply: {error}", "{path} のゲートウェイが応答しませんでした: {error}"),
+    "cni.gateway_reply_incomplete": (
+        "the gateway at {path} closed the connection without a complete reply",
+        "{path} のゲートウェイが応答を最後まで送らずに接続を閉じました",
+    ),
+    "cni.plugin_failed": ("the flatnet plugin failed", "flatnet プラグインが失敗しました"),
+}
 
 # A gateway takes a request in well under a millisecond. One that has not taken it
 # within this bound is hung or overloaded, so the plugin runs the command itself.
@@ -87,12 +106,31 @@ def decode_config(stdin: bytes) -> dict | None:
 
 
 def forwarded_environment(environ: dict[bytes, bytes]) -> dict[str, str]:
-    """Return the CNI variables (and the fault hook) of ``environ``, decoded as ``os.environ`` does."""
+    """Return the CNI variables, the fault hook and the locale of ``environ``, decoded as ``os.environ`` does."""
     return {
         name.decode("utf-8", "surrogateescape"): value.decode("utf-8", "surrogateescape")
         for name, value in environ.items()
-        if name.startswith(FORWARDED_PREFIX) or name == FAULT_VARIABLE
+        if name.startswith(FORWARDED_PREFIX) or name == FAULT_VARIABLE or name in LOCALE_VARIABLES
     }
+
+
+def locale_is_japanese(environment: dict[str, str]) -> bool:
+    """Tell whether ``environment`` selects Japanese, by the rule of flatnet.i18n.locale_is_japanese.
+
+    The rule is repeated here because that module is not importable without
+    site-packages, and tests/cni/test_spec.py checks that the two agree.
+    """
+    for name in LOCALE_VARIABLES:
+        value = environment.get(name.decode())
+        if value:
+            return value.lower().startswith("ja")
+    return False
+
+
+def format_message(key: str, japanese: bool, **values: object) -> str:
+    """Format the launcher's message ``key`` in Japanese or English."""
+    english, japanese_text = MESSAGES[key]
+    return (japanese_text if japanese else english).format(**values)
 
 
 def version_document(config: dict | None) -> bytes:
@@ -133,6 +171,14 @@ def decode_reply(reply: bytes) -> tuple[bytes, int] | None:
 class GatewayFailed(Exception):
     """The gateway took a request, then closed the connection or went silent without a reply."""
 
+    def __init__(self, key: str, **values: object):
+        super().__init__(format_message(key, False, **values))
+        self.key = key
+        self.values = values
+
+    def render(self, japanese: bool) -> str:
+        return format_message(self.key, japanese, **self.values)
+
 
 def ask_gateway(path: str, environment: dict[str, str], stdin: bytes) -> tuple[bytes, int] | None:
     """Run a command through the gateway at ``path``.
@@ -166,10 +212,10 @@ def ask_gateway(path: str, environment: dict[str, str], stdin: bytes) -> tuple[b
             while chunk := connection.recv(65536):
                 chunks.append(chunk)
         except OSError as error:
-            raise GatewayFailed(f"the gateway at {path} did not reply: {error}") from None
+            raise GatewayFailed("cni.gateway_no_reply", path=path, error=error) from None
         reply = decode_reply(b"".join(chunks))
         if reply is None:
-            raise GatewayFailed(f"the gateway at {path} closed the connection without a complete reply")
+            raise GatewayFailed("cni.gateway_reply_incomplete", path=path)
         return reply
     finally:
         connection.close()
@@ -189,10 +235,10 @@ def error_document(config: dict, code: int, message: str, details: str) -> bytes
     ).encode("ascii")
 
 
-def gateway_failure_document(config: dict, command: str, failure: GatewayFailed) -> bytes:
+def gateway_failure_document(config: dict, command: str, failure: GatewayFailed, japanese: bool = False) -> bytes:
     """Build the CNI error for an ADD that the gateway took and then dropped."""
-    message = f"the host's gateway failed while running {command}; the runtime's DEL cleans up, then retry"
-    return error_document(config, TRY_AGAIN_LATER, message, str(failure))
+    text = format_message("cni.gateway_failed", japanese, command=command)
+    return error_document(config, TRY_AGAIN_LATER, text, failure.render(japanese))
 
 
 def run_in_process(environment: dict[str, str], stdin: bytes, site_packages: str | None) -> tuple[bytes, int]:
@@ -207,7 +253,7 @@ def run_in_process(environment: dict[str, str], stdin: bytes, site_packages: str
     saved_stdout = posix.dup(1)
     posix.dup2(2, 1)
     try:
-        return dispatch.execute(environment, stdin)
+        return dispatch.execute_in_process(environment, stdin)
     finally:
         sys.stdout.flush()
         posix.dup2(saved_stdout, 1)
@@ -231,7 +277,7 @@ def respond(environ: dict[bytes, bytes], stdin: bytes, site_packages: str | None
             # could race with that half. The runtime's DEL after a failed ADD
             # cleans up. Every other command is safe to run again.
             if command == "ADD":
-                return gateway_failure_document(config, command, failure), 1
+                return gateway_failure_document(config, command, failure, locale_is_japanese(environment)), 1
             reply = None
         if reply is not None:
             return reply
@@ -248,7 +294,8 @@ def main(site_packages: str | None = None) -> None:
 
         traceback.print_exc()
         details = f"{type(error).__name__}: {error}"
-        stdout, code = error_document(decode_config(stdin) or {}, INTERNAL_FAILURE, "the flatnet plugin failed", details), 1
+        text = format_message("cni.plugin_failed", locale_is_japanese(forwarded_environment(dict(posix.environ))))
+        stdout, code = error_document(decode_config(stdin) or {}, INTERNAL_FAILURE, text, details), 1
     view = memoryview(stdout)
     while view:
         view = view[posix.write(1, view):]

@@ -20,24 +20,119 @@ from collections.abc import Iterator
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from flatnet import i18n
+from flatnet.i18n import Message
+
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+i18n.define({
+    "cni.netlink.enter_failed": (
+        "failed to enter network namespace {namespace}: {error}",
+        "ネットワーク名前空間に入れませんでした（{namespace}）: {error}",
+    ),
+    "cni.netlink.of_process": ("of plugin process {pid}", "プラグインのプロセス {pid} のもの"),
+    "cni.netlink.of_plugin_returning": ("of the plugin (returning)", "プラグイン自身のもの、戻るとき"),
+    "cni.netlink.netns_missing": ("network namespace {path} does not exist", "ネットワーク名前空間 {path} が存在しません"),
+    "cni.netlink.open_failed": (
+        "failed to open network namespace {path}: {error}",
+        "ネットワーク名前空間 {path} を開けませんでした: {error}",
+    ),
+    "cni.netlink.lookup_failed": ("failed to look up interface {name}: {error}", "インターフェース {name} を検索できませんでした: {error}"),
+    "cni.netlink.bridge_create_failed": ("failed to create bridge {name}: {error}", "ブリッジ {name} を作成できませんでした: {error}"),
+    "cni.netlink.bridge_vanished": (
+        "bridge {name} vanished right after it was created",
+        "ブリッジ {name} が作成直後に消えました",
+    ),
+    "cni.netlink.bridge_mac_failed": (
+        "failed to pin the MAC address of bridge {name}: {error}",
+        "ブリッジ {name} の MAC アドレスを固定できませんでした: {error}",
+    ),
+    "cni.netlink.not_a_bridge": (
+        "interface {name} exists but is a {kind} link, not a bridge",
+        "インターフェース {name} は存在しますが、ブリッジではなく {kind} のリンクです",
+    ),
+    "cni.netlink.bridge_up_failed": (
+        "failed to set bridge {name} up with mtu {mtu}: {error}",
+        "ブリッジ {name} を mtu {mtu} で up にできませんでした: {error}",
+    ),
+    "cni.netlink.bridge_has_other_address": (
+        "bridge {name} already has {addresses} in {network}, not the gateway {gateway}; "
+        "fix the config's gateway or remove the address",
+        "ブリッジ {name} には {network} のアドレス {addresses} がすでにあり、ゲートウェイ {gateway} ではありません。"
+        "設定の gateway を直すか、そのアドレスを削除してください",
+    ),
+    "cni.netlink.bridge_address_failed": (
+        "failed to add {gateway} to bridge {name}: {error}",
+        "ブリッジ {name} に {gateway} を追加できませんでした: {error}",
+    ),
+    "cni.netlink.veth_create_failed": (
+        "failed to create veth pair {ifname}/{peer}: {error}",
+        "veth ペア {ifname}/{peer} を作成できませんでした: {error}",
+    ),
+    "cni.netlink.veth_create_with_mac_failed": (
+        "failed to create veth pair {ifname}/{peer} with MAC {mac}: {error}",
+        "MAC {mac} の veth ペア {ifname}/{peer} を作成できませんでした: {error}",
+    ),
+    "cni.netlink.interface_exists": (
+        "interface {ifname} already exists in the container",
+        "インターフェース {ifname} はコンテナー内にすでに存在します",
+    ),
+    "cni.netlink.veth_vanished": (
+        "veth {ifname} vanished from the container right after it was created",
+        "veth {ifname} が作成直後にコンテナーから消えました",
+    ),
+    "cni.netlink.veth_names_exhausted": (
+        "failed to find a free host veth name for {ifname} after 5 tries",
+        "{ifname} のホスト側 veth の空き名を 5 回試しても見つけられませんでした",
+    ),
+    "cni.netlink.host_veth_missing": (
+        "host veth {name} not found after it was created",
+        "ホスト側 veth {name} が作成後に見つかりません",
+    ),
+    "cni.netlink.attach_failed": (
+        "failed to attach {name} to bridge {bridge}: {error}",
+        "{name} をブリッジ {bridge} に接続できませんでした: {error}",
+    ),
+    "cni.netlink.configure_failed": (
+        "failed to configure {name} with {address} via {gateway} in the container: {error}",
+        "コンテナー内の {name} を {address}（経由 {gateway}）に設定できませんでした: {error}",
+    ),
+    "cni.netlink.delete_failed": ("failed to delete interface {name}: {error}", "インターフェース {name} を削除できませんでした: {error}"),
+    "cni.netlink.addresses_failed": (
+        "failed to list the addresses of {name}: {error}",
+        "{name} のアドレスを一覧できませんでした: {error}",
+    ),
+    "cni.netlink.routes_failed": ("failed to list the routes of {name}: {error}", "{name} の経路を一覧できませんでした: {error}"),
+})
+
+
 class NetlinkFailure(Exception):
-    """A netlink operation that failed; the message names the operation and object."""
+    """A netlink operation that failed, with a message that names the operation and object.
+
+    ``message`` is the catalog message, which the plugin's error result shows
+    in the requester's language. ``str()`` gives it in English, for logs.
+    """
+
+    def __init__(self, message: Message):
+        super().__init__(message)
+        self.message = message
 
 
 class NetnsGone(NetlinkFailure):
     """The container's network namespace does not exist (any more)."""
 
 
-def enter_netns(fd: int, what: str) -> None:
-    """Move the calling thread into the network namespace open at ``fd``."""
+def enter_netns(fd: int, namespace: Message | str) -> None:
+    """Move the calling thread into the network namespace open at ``fd``.
+
+    ``namespace`` names it in errors: a path, or a message such as "of plugin process 42".
+    """
     # Python 3.11 has no os.setns; it arrived in 3.12.
     if _libc.setns(fd, _CLONE_NEWNET) != 0:
         code = ctypes.get_errno()
-        raise NetlinkFailure(f"failed to enter network namespace {what}: {os.strerror(code)}")
+        raise NetlinkFailure(Message("cni.netlink.enter_failed", namespace=namespace, error=os.strerror(code)))
 
 
 @contextlib.contextmanager
@@ -46,16 +141,16 @@ def inside_netns(path: str) -> Iterator[None]:
     try:
         target = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        raise NetnsGone(f"network namespace {path} does not exist") from None
+        raise NetnsGone(Message("cni.netlink.netns_missing", path=path)) from None
     except OSError as error:
-        raise NetlinkFailure(f"failed to open network namespace {path}: {error.strerror}") from None
+        raise NetlinkFailure(Message("cni.netlink.open_failed", path=path, error=error.strerror)) from None
     original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         enter_netns(target, path)
         try:
             yield
         finally:
-            enter_netns(original, "of the plugin (returning)")
+            enter_netns(original, Message("cni.netlink.of_plugin_returning"))
     finally:
         os.close(target)
         os.close(original)
@@ -106,7 +201,7 @@ def _link(ipr: IPRoute, name: str) -> Link | None:
     except NetlinkError as error:
         if error.code == errno.ENODEV:
             return None
-        raise NetlinkFailure(f"failed to look up interface {name}: {_describe(error)}") from None
+        raise NetlinkFailure(Message("cni.netlink.lookup_failed", name=name, error=_describe(error))) from None
     return _to_link(messages[0])
 
 
@@ -116,7 +211,7 @@ def link_by_index(ipr: IPRoute, index: int) -> Link | None:
     except NetlinkError as error:
         if error.code == errno.ENODEV:
             return None
-        raise NetlinkFailure(f"failed to look up interface {index}: {_describe(error)}") from None
+        raise NetlinkFailure(Message("cni.netlink.lookup_failed", name=index, error=_describe(error))) from None
     return _to_link(messages[0])
 
 
@@ -132,19 +227,19 @@ def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Interface, mtu
             ipr.link("add", ifname=name, kind="bridge")
         except NetlinkError as error:
             if error.code != errno.EEXIST:
-                raise NetlinkFailure(f"failed to create bridge {name}: {_describe(error)}") from None
+                raise NetlinkFailure(Message("cni.netlink.bridge_create_failed", name=name, error=_describe(error))) from None
         bridge = _link(ipr, name)
         if bridge is None:
-            raise NetlinkFailure(f"bridge {name} vanished right after it was created")
+            raise NetlinkFailure(Message("cni.netlink.bridge_vanished", name=name))
         # A bridge whose MAC was never set takes the lowest MAC of its ports, so
         # it would change as containers come and go; pin the one it has now.
         try:
             ipr.link("set", index=bridge.index, address=bridge.mac)
         except NetlinkError as error:
-            raise NetlinkFailure(f"failed to pin the MAC address of bridge {name}: {_describe(error)}") from None
+            raise NetlinkFailure(Message("cni.netlink.bridge_mac_failed", name=name, error=_describe(error))) from None
 
     if bridge.kind != "bridge":
-        raise NetlinkFailure(f"interface {name} exists but is a {bridge.kind or 'plain'} link, not a bridge")
+        raise NetlinkFailure(Message("cni.netlink.not_a_bridge", name=name, kind=bridge.kind or "plain"))
 
     # Setting the MTU explicitly stops the kernel from moving the bridge to its
     # smallest port's MTU.
@@ -154,7 +249,7 @@ def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Interface, mtu
         if not bridge.up:
             ipr.link("set", index=bridge.index, state="up")
     except NetlinkError as error:
-        raise NetlinkFailure(f"failed to set bridge {name} up with mtu {mtu}: {_describe(error)}") from None
+        raise NetlinkFailure(Message("cni.netlink.bridge_up_failed", name=name, mtu=mtu, error=_describe(error))) from None
 
     addresses = [
         ipaddress.IPv4Interface(f"{entry.get_attr('IFA_ADDRESS')}/{entry['prefixlen']}")
@@ -163,15 +258,14 @@ def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Interface, mtu
     if gateway not in addresses:
         others = [str(address) for address in addresses if address.network == gateway.network]
         if others:
-            raise NetlinkFailure(
-                f"bridge {name} already has {', '.join(others)} in {gateway.network}, not the gateway {gateway}; "
-                f"fix the config's gateway or remove the address"
-            )
+            raise NetlinkFailure(Message(
+                "cni.netlink.bridge_has_other_address", name=name, addresses=", ".join(others), network=gateway.network, gateway=gateway
+            ))
         try:
             ipr.addr("add", index=bridge.index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
         except NetlinkError as error:
             if error.code != errno.EEXIST:
-                raise NetlinkFailure(f"failed to add {gateway} to bridge {name}: {_describe(error)}") from None
+                raise NetlinkFailure(Message("cni.netlink.bridge_address_failed", gateway=gateway, name=name, error=_describe(error))) from None
     return bridge
 
 
@@ -207,18 +301,21 @@ def create_veth(
             )
         except NetlinkError as error:
             if error.code != errno.EEXIST:
-                what = f" with MAC {mac}" if mac else ""
-                raise NetlinkFailure(f"failed to create veth pair {ifname}/{peer.name}{what}: {_describe(error)}") from None
+                if mac:
+                    failure = Message("cni.netlink.veth_create_with_mac_failed", ifname=ifname, peer=peer.name, mac=mac, error=_describe(error))
+                else:
+                    failure = Message("cni.netlink.veth_create_failed", ifname=ifname, peer=peer.name, error=_describe(error))
+                raise NetlinkFailure(failure) from None
             # Either the container has ifname already, or the random host name clashed.
             if _link(container, ifname) is not None:
-                raise InterfaceExists(f"interface {ifname} already exists in the container") from None
+                raise InterfaceExists(Message("cni.netlink.interface_exists", ifname=ifname)) from None
             continue
         link = _link(container, ifname)
         if link is None:
-            raise NetlinkFailure(f"veth {ifname} vanished from the container right after it was created")
+            raise NetlinkFailure(Message("cni.netlink.veth_vanished", ifname=ifname))
         # A veth's IFLA_LINK is its peer's index in the peer's own namespace.
         return link, dataclasses.replace(peer, index=link.peer_index or 0)
-    raise NetlinkFailure(f"failed to find a free host veth name for {ifname} after 5 tries")
+    raise NetlinkFailure(Message("cni.netlink.veth_names_exhausted", ifname=ifname))
 
 
 def attach_to_bridge(host: IPRoute, peer: Link, bridge: Link) -> Link:
@@ -226,12 +323,12 @@ def attach_to_bridge(host: IPRoute, peer: Link, bridge: Link) -> Link:
     if not peer.index:
         found = _link(host, peer.name)
         if found is None:
-            raise NetlinkFailure(f"host veth {peer.name} not found after it was created")
+            raise NetlinkFailure(Message("cni.netlink.host_veth_missing", name=peer.name))
         peer = found
     try:
         host.link("set", index=peer.index, master=bridge.index, state="up")
     except NetlinkError as error:
-        raise NetlinkFailure(f"failed to attach {peer.name} to bridge {bridge.name}: {_describe(error)}") from None
+        raise NetlinkFailure(Message("cni.netlink.attach_failed", name=peer.name, bridge=bridge.name, error=_describe(error))) from None
     return dataclasses.replace(peer, master=bridge.index, up=True)
 
 
@@ -247,9 +344,9 @@ def configure_container_interface(
         container.addr("add", index=link.index, address=str(address.ip), prefixlen=address.network.prefixlen)
         container.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=link.index)
     except NetlinkError as error:
-        raise NetlinkFailure(
-            f"failed to configure {link.name} with {address} via {gateway} in the container: {_describe(error)}"
-        ) from None
+        raise NetlinkFailure(Message(
+            "cni.netlink.configure_failed", name=link.name, address=address, gateway=gateway, error=_describe(error)
+        )) from None
 
 
 def delete_link(ipr: IPRoute, name: str) -> bool:
@@ -262,7 +359,7 @@ def delete_link(ipr: IPRoute, name: str) -> bool:
     except NetlinkError as error:
         if error.code == errno.ENODEV:
             return False
-        raise NetlinkFailure(f"failed to delete interface {name}: {_describe(error)}") from None
+        raise NetlinkFailure(Message("cni.netlink.delete_failed", name=name, error=_describe(error))) from None
     return True
 
 
@@ -271,7 +368,7 @@ def addresses(ipr: IPRoute, link: Link) -> list[ipaddress.IPv4Interface]:
     try:
         entries = ipr.get_addr(index=link.index, family=2)
     except NetlinkError as error:
-        raise NetlinkFailure(f"failed to list the addresses of {link.name}: {_describe(error)}") from None
+        raise NetlinkFailure(Message("cni.netlink.addresses_failed", name=link.name, error=_describe(error))) from None
     return [ipaddress.IPv4Interface(f"{entry.get_attr('IFA_ADDRESS')}/{entry['prefixlen']}") for entry in entries]
 
 
@@ -280,7 +377,7 @@ def has_route(ipr: IPRoute, destination: ipaddress.IPv4Network, gateway: ipaddre
     try:
         routes = ipr.get_routes(family=2, table=254, oif=link.index)
     except NetlinkError as error:
-        raise NetlinkFailure(f"failed to list the routes of {link.name}: {_describe(error)}") from None
+        raise NetlinkFailure(Message("cni.netlink.routes_failed", name=link.name, error=_describe(error))) from None
     for route in routes:
         dst = route.get_attr("RTA_DST") or "0.0.0.0"
         if ipaddress.IPv4Network(f"{dst}/{route['dst_len']}") != destination:

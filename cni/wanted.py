@@ -13,14 +13,120 @@ import ipaddress
 import re
 from typing import Any
 
+from flatnet import i18n
 from flatnet.cni.config import NetConf
 from flatnet.cni.spec import ADDRESS_UNAVAILABLE, INVALID_ENVIRONMENT, INVALID_NETWORK_CONFIG, CniError, Request
 from flatnet.events.record import CONTAINER_NAME
+from flatnet.i18n import Message
 
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
-_NAME_RULE = "letters, digits, '_', '.' and '-', starting with a letter or digit, at most 253 characters"
 _PROTOCOLS = ("tcp", "udp", "sctp")
 GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+
+i18n.define({
+    "cni.wanted.name_rule": (
+        "a name has letters, digits, '_', '.' and '-', starting with a letter or digit, at most 253 characters",
+        "名前は英字か数字で始まり、英字・数字・'_'・'.'・'-' からなる 253 文字以内の文字列です",
+    ),
+    "cni.wanted.pod_name_invalid": (
+        "CNI_ARGS K8S_POD_NAME {name!r} is not a container name",
+        "CNI_ARGS K8S_POD_NAME {name!r} はコンテナー名ではありません",
+    ),
+    "cni.wanted.addresses_not_list": (
+        "invalid network config: {key} {value!r} must be a list of addresses",
+        "ネットワーク設定が不正です: {key} {value!r} はアドレスのリストにしてください",
+    ),
+    "cni.wanted.several_addresses": (
+        "requested addresses {addresses} are more than one",
+        "要求されたアドレス {addresses} が複数あります",
+    ),
+    "cni.wanted.one_address_hint": (
+        "flatnet gives one IPv4 address per interface; ask for one with IP= or --ip",
+        "flatnet はインターフェースごとに IPv4 アドレスを 1 つ割り当てます。IP= か --ip で 1 つだけ要求してください",
+    ),
+    "cni.wanted.not_ipv4": ("{key} {value!r} is not an IPv4 address", "{key} {value!r} は IPv4 アドレスではありません"),
+    "cni.wanted.ipv4_example": ("give one like '{example}'", "'{example}' のように指定してください"),
+    "cni.wanted.other_prefix": (
+        "{key} {value!r} has prefix /{prefix}, not /{subnet_prefix} of {subnet}",
+        "{key} {value!r} のプレフィックスは /{prefix} で、{subnet} の /{subnet_prefix} ではありません",
+    ),
+    "cni.wanted.not_mac": ("{key} {value!r} is not a MAC address", "{key} {value!r} は MAC アドレスではありません"),
+    "cni.wanted.mac_example": (
+        "give six hex pairs like '02:42:ac:11:00:02'",
+        "'02:42:ac:11:00:02' のように 16 進数 2 桁を 6 組指定してください",
+    ),
+    "cni.wanted.mac_not_unicast": (
+        "{key} {value!r} is a multicast or zero MAC address",
+        "{key} {value!r} はマルチキャストかゼロの MAC アドレスです",
+    ),
+    "cni.wanted.mac_unicast_hint": (
+        "a container needs a unicast MAC, with the lowest bit of the first byte 0",
+        "コンテナーにはユニキャストの MAC（先頭バイトの最下位ビットが 0）が必要です",
+    ),
+    "cni.wanted.macs_differ": ("requested MAC addresses {macs} differ", "要求された MAC アドレス {macs} が一致しません"),
+    "cni.wanted.one_mac_hint": ("ask for one MAC address", "MAC アドレスは 1 つだけ要求してください"),
+    "cni.wanted.port_mappings_not_list": (
+        "invalid network config: runtimeConfig.portMappings {value!r} must be a list",
+        "ネットワーク設定が不正です: runtimeConfig.portMappings {value!r} はリストにしてください",
+    ),
+    "cni.wanted.port_mapping_not_object": (
+        "invalid network config: {key} {value!r} must be an object",
+        "ネットワーク設定が不正です: {key} {value!r} はオブジェクトにしてください",
+    ),
+    "cni.wanted.container_port_invalid": (
+        "invalid network config: {key}.containerPort {value!r} must be a port from 1 to 65535",
+        "ネットワーク設定が不正です: {key}.containerPort {value!r} は 1 から 65535 までのポートにしてください",
+    ),
+    "cni.wanted.protocol_invalid": (
+        "invalid network config: {key}.protocol {value!r} must be one of {protocols}",
+        "ネットワーク設定が不正です: {key}.protocol {value!r} は {protocols} のいずれかにしてください",
+    ),
+    "cni.wanted.aliases_not_list": (
+        "invalid network config: runtimeConfig.aliases for network {network!r} must be a list of names, got {value!r}",
+        "ネットワーク設定が不正です: ネットワーク {network!r} の runtimeConfig.aliases は名前のリストにしてください（実際は {value!r}）",
+    ),
+    "cni.wanted.alias_invalid": (
+        "invalid network config: alias {alias!r} is not a container name",
+        "ネットワーク設定が不正です: エイリアス {alias!r} はコンテナー名ではありません",
+    ),
+    "cni.wanted.prev_result_missing": (
+        "invalid network config: CHECK needs prevResult, the result of the ADD",
+        "ネットワーク設定が不正です: CHECK には ADD の結果である prevResult が必要です",
+    ),
+    "cni.wanted.got": ("got {value!r}", "実際の値: {value!r}"),
+    "cni.wanted.prev_result_lists_missing": (
+        "invalid network config: prevResult has no interfaces or ips list",
+        "ネットワーク設定が不正です: prevResult に interfaces か ips のリストがありません",
+    ),
+    "cni.wanted.prev_result_no_interface": (
+        "invalid network config: prevResult lists no interface {ifname} in {netns}",
+        "ネットワーク設定が不正です: prevResult に {netns} のインターフェース {ifname} がありません",
+    ),
+    "cni.wanted.prev_result_address_count": (
+        "invalid network config: prevResult gives {ifname} {count} addresses, flatnet gives one",
+        "ネットワーク設定が不正です: prevResult では {ifname} のアドレスが {count} 個ですが、flatnet が割り当てるのは 1 つです",
+    ),
+    "cni.wanted.prev_result_not_ipv4": (
+        "invalid network config: prevResult address {value!r} is not an IPv4 address",
+        "ネットワーク設定が不正です: prevResult のアドレス {value!r} は IPv4 アドレスではありません",
+    ),
+    "cni.wanted.gc_list_missing": (
+        "invalid network config: GC needs {key}, the list of attachments still in use",
+        "ネットワーク設定が不正です: GC には使用中のアタッチメントのリスト {key} が必要です",
+    ),
+    "cni.wanted.gc_list_hint": (
+        "without it every reservation would be freed; send an empty list to free them all",
+        "これがないとすべての予約が解放されてしまいます。すべて解放するには空のリストを送ってください",
+    ),
+    "cni.wanted.gc_list_not_list": (
+        "invalid network config: {key} {value!r} must be a list",
+        "ネットワーク設定が不正です: {key} {value!r} はリストにしてください",
+    ),
+    "cni.wanted.gc_entry_invalid": (
+        "invalid network config: {key}[{position}] {value!r} must be an object with containerID and ifname",
+        "ネットワーク設定が不正です: {key}[{position}] {value!r} は containerID と ifname を持つオブジェクトにしてください",
+    ),
+})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +162,7 @@ def from_request(request: Request, conf: NetConf) -> Attachment:
 def _hostname(request: Request) -> str:
     name = request.args.get("K8S_POD_NAME") or request.container_id[:12]
     if not CONTAINER_NAME.fullmatch(name):
-        raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS K8S_POD_NAME {name!r} is not a container name", f"a name has {_NAME_RULE}")
+        raise CniError(INVALID_ENVIRONMENT, Message("cni.wanted.pod_name_invalid", name=name), Message("cni.wanted.name_rule"))
     return name
 
 
@@ -74,15 +180,15 @@ def _requested_address(request: Request, conf: NetConf) -> ipaddress.IPv4Address
         if source is None:
             continue
         if not isinstance(source, list):
-            raise CniError(INVALID_NETWORK_CONFIG, f"invalid network config: {key} {source!r} must be a list of addresses")
+            raise CniError(INVALID_NETWORK_CONFIG, Message("cni.wanted.addresses_not_list", key=key, value=source))
         candidates += [(key, value) for value in source]
 
     addresses = {_parse_address(key, value, conf) for key, value in candidates}
     if len(addresses) > 1:
         raise CniError(
             ADDRESS_UNAVAILABLE,
-            f"requested addresses {', '.join(sorted(map(str, addresses)))} are more than one",
-            "flatnet gives one IPv4 address per interface; ask for one with IP= or --ip",
+            Message("cni.wanted.several_addresses", addresses=", ".join(sorted(map(str, addresses)))),
+            Message("cni.wanted.one_address_hint"),
         )
     return addresses.pop() if addresses else None
 
@@ -92,9 +198,14 @@ def _parse_address(key: str, value: object, conf: NetConf) -> ipaddress.IPv4Addr
     try:
         interface = ipaddress.IPv4Interface(value)
     except (ValueError, TypeError):
-        raise CniError(code, f"{key} {value!r} is not an IPv4 address", f"give one like '{conf.range_start}'") from None
+        raise CniError(
+            code, Message("cni.wanted.not_ipv4", key=key, value=value), Message("cni.wanted.ipv4_example", example=conf.range_start)
+        ) from None
     if "/" in str(value) and interface.network.prefixlen != conf.subnet.prefixlen:
-        raise CniError(code, f"{key} {value!r} has prefix /{interface.network.prefixlen}, not /{conf.subnet.prefixlen} of {conf.subnet}")
+        raise CniError(code, Message(
+            "cni.wanted.other_prefix", key=key, value=value, prefix=interface.network.prefixlen,
+            subnet_prefix=conf.subnet.prefixlen, subnet=conf.subnet,
+        ))
     return interface.ip
 
 
@@ -112,12 +223,14 @@ def _requested_mac(request: Request) -> str | None:
     for key, value in candidates:
         code = INVALID_ENVIRONMENT if key.startswith("CNI_ARGS") else INVALID_NETWORK_CONFIG
         if not isinstance(value, str) or not _MAC.match(value):
-            raise CniError(code, f"{key} {value!r} is not a MAC address", "give six hex pairs like '02:42:ac:11:00:02'")
+            raise CniError(code, Message("cni.wanted.not_mac", key=key, value=value), Message("cni.wanted.mac_example"))
         if int(value[:2], 16) & 1 or value.replace(":", "").strip("0") == "":
-            raise CniError(code, f"{key} {value!r} is a multicast or zero MAC address", "a container needs a unicast MAC, with the lowest bit of the first byte 0")
+            raise CniError(code, Message("cni.wanted.mac_not_unicast", key=key, value=value), Message("cni.wanted.mac_unicast_hint"))
         macs.add(value.lower())
     if len(macs) > 1:
-        raise CniError(INVALID_ENVIRONMENT, f"requested MAC addresses {', '.join(sorted(macs))} differ", "ask for one MAC address")
+        raise CniError(
+            INVALID_ENVIRONMENT, Message("cni.wanted.macs_differ", macs=", ".join(sorted(macs))), Message("cni.wanted.one_mac_hint")
+        )
     return macs.pop() if macs else None
 
 
@@ -125,18 +238,20 @@ def _container_ports(request: Request) -> list[int]:
     """Return the TCP container ports of the ``portMappings`` capability, which the registry keeps for the HTTP proxy."""
     mappings = request.runtime_config.get("portMappings", [])
     if not isinstance(mappings, list):
-        raise CniError(INVALID_NETWORK_CONFIG, f"invalid network config: runtimeConfig.portMappings {mappings!r} must be a list")
+        raise CniError(INVALID_NETWORK_CONFIG, Message("cni.wanted.port_mappings_not_list", value=mappings))
     ports = set()
     for position, mapping in enumerate(mappings):
         key = f"runtimeConfig.portMappings[{position}]"
         if not isinstance(mapping, dict):
-            raise CniError(INVALID_NETWORK_CONFIG, f"invalid network config: {key} {mapping!r} must be an object")
+            raise CniError(INVALID_NETWORK_CONFIG, Message("cni.wanted.port_mapping_not_object", key=key, value=mapping))
         port = mapping.get("containerPort")
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise CniError(INVALID_NETWORK_CONFIG, f"invalid network config: {key}.containerPort {port!r} must be a port from 1 to 65535")
+            raise CniError(INVALID_NETWORK_CONFIG, Message("cni.wanted.container_port_invalid", key=key, value=port))
         protocol = mapping.get("protocol", "tcp")
         if not isinstance(protocol, str) or protocol.lower() not in _PROTOCOLS:
-            raise CniError(INVALID_NETWORK_CONFIG, f"invalid network config: {key}.protocol {protocol!r} must be one of {', '.join(_PROTOCOLS)}")
+            raise CniError(INVALID_NETWORK_CONFIG, Message(
+                "cni.wanted.protocol_invalid", key=key, value=protocol, protocols=", ".join(_PROTOCOLS)
+            ))
         if protocol.lower() == "tcp":
             ports.add(port)
     return sorted(ports)
@@ -148,11 +263,11 @@ def _aliases(request: Request, conf: NetConf) -> list[str]:
     if isinstance(raw, dict):
         raw = raw.get(conf.name, [])
     if not isinstance(raw, list):
-        raise CniError(INVALID_NETWORK_CONFIG, f"invalid network config: runtimeConfig.aliases for network {conf.name!r} must be a list of names, got {raw!r}")
+        raise CniError(INVALID_NETWORK_CONFIG, Message("cni.wanted.aliases_not_list", network=conf.name, value=raw))
     aliases = []
     for alias in raw:
         if not isinstance(alias, str) or not CONTAINER_NAME.fullmatch(alias):
-            raise CniError(INVALID_NETWORK_CONFIG, f"invalid network config: alias {alias!r} is not a container name", f"a name has {_NAME_RULE}")
+            raise CniError(INVALID_NETWORK_CONFIG, Message("cni.wanted.alias_invalid", alias=alias), Message("cni.wanted.name_rule"))
         if alias.lower() not in aliases:
             aliases.append(alias.lower())
     return aliases
@@ -162,11 +277,11 @@ def from_previous_result(request: Request, conf: NetConf) -> Expected:
     """Return the container's interface and address from ``prevResult``, as an earlier ADD of flatnet reported them."""
     previous = request.config.get("prevResult")
     if not isinstance(previous, dict):
-        raise CniError(INVALID_NETWORK_CONFIG, "invalid network config: CHECK needs prevResult, the result of the ADD", f"got {previous!r}")
+        raise CniError(INVALID_NETWORK_CONFIG, Message("cni.wanted.prev_result_missing"), Message("cni.wanted.got", value=previous))
     interfaces = previous.get("interfaces")
     ips = previous.get("ips")
     if not isinstance(interfaces, list) or not isinstance(ips, list):
-        raise CniError(INVALID_NETWORK_CONFIG, "invalid network config: prevResult has no interfaces or ips list")
+        raise CniError(INVALID_NETWORK_CONFIG, Message("cni.wanted.prev_result_lists_missing"))
 
     position = next(
         (
@@ -176,14 +291,14 @@ def from_previous_result(request: Request, conf: NetConf) -> Expected:
         None,
     )
     if position is None:
-        raise CniError(INVALID_NETWORK_CONFIG, f"invalid network config: prevResult lists no interface {request.ifname} in {request.netns}")
+        raise CniError(INVALID_NETWORK_CONFIG, Message("cni.wanted.prev_result_no_interface", ifname=request.ifname, netns=request.netns))
     addresses = [ip.get("address") for ip in ips if isinstance(ip, dict) and ip.get("interface") == position]
     if len(addresses) != 1:
-        raise CniError(INVALID_NETWORK_CONFIG, f"invalid network config: prevResult gives {request.ifname} {len(addresses)} addresses, flatnet gives one")
+        raise CniError(INVALID_NETWORK_CONFIG, Message("cni.wanted.prev_result_address_count", ifname=request.ifname, count=len(addresses)))
     try:
         address = ipaddress.IPv4Interface(addresses[0])
     except (ValueError, TypeError):
-        raise CniError(INVALID_NETWORK_CONFIG, f"invalid network config: prevResult address {addresses[0]!r} is not an IPv4 address") from None
+        raise CniError(INVALID_NETWORK_CONFIG, Message("cni.wanted.prev_result_not_ipv4", value=addresses[0])) from None
 
     host_veths = [
         interface.get("name") for interface in interfaces
@@ -198,21 +313,18 @@ def valid_attachments(config: dict[str, Any]) -> set[tuple[str, str]]:
     key = next((key for key in GC_KEYS if key in config), None)
     if key is None:
         raise CniError(
-            INVALID_NETWORK_CONFIG,
-            f"invalid network config: GC needs {GC_KEYS[0]}, the list of attachments still in use",
-            "without it every reservation would be freed; send an empty list to free them all",
+            INVALID_NETWORK_CONFIG, Message("cni.wanted.gc_list_missing", key=GC_KEYS[0]), Message("cni.wanted.gc_list_hint")
         )
     entries = config[key]
     if not isinstance(entries, list):
-        raise CniError(INVALID_NETWORK_CONFIG, f"invalid network config: {key} {entries!r} must be a list")
+        raise CniError(INVALID_NETWORK_CONFIG, Message("cni.wanted.gc_list_not_list", key=key, value=entries))
     valid = set()
     for position, entry in enumerate(entries):
         container_id = entry.get("containerID") if isinstance(entry, dict) else None
         ifname = entry.get("ifname") if isinstance(entry, dict) else None
         if not isinstance(container_id, str) or not isinstance(ifname, str) or not container_id or not ifname:
             raise CniError(
-                INVALID_NETWORK_CONFIG,
-                f"invalid network config: {key}[{position}] {entry!r} must be an object with containerID and ifname",
+                INVALID_NETWORK_CONFIG, Message("cni.wanted.gc_entry_invalid", key=key, position=position, value=entry)
             )
         valid.add((container_id, ifname))
     return valid

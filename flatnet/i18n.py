@@ -41,3 +41,56 @@ def text(key: str, /, *, japanese: bool | None = None, **values: object) -> str:
     english, japanese_text = _catalog[key]
     use_japanese = locale_is_japanese() if japanese is None else japanese
     return (japanese_text if use_japanese else english).format(**values)
+
+
+class Message:
+    """A catalog message and its values, formatted once the reader's language is known.
+
+    An error raised deep inside a request carries one, because only the code
+    that writes the response has the requester's locale. A value that is a
+    Message or Joined is formatted in the same language; any other value is
+    formatted as it is. ``str()`` gives the English text, for logs.
+    """
+
+    __slots__ = ("key", "values")
+
+    def __init__(self, key: str, /, **values: object):
+        if key not in _catalog:
+            raise KeyError(f"message key {key!r} is not defined")
+        self.key = key
+        self.values = values
+
+    def render(self, japanese: bool | None = None) -> str:
+        """Format the message in Japanese, in English, or (with None) in this process's locale's language."""
+        if japanese is None:
+            japanese = locale_is_japanese()
+        values = {name: _render_value(value, japanese) for name, value in self.values.items()}
+        return text(self.key, japanese=japanese, **values)
+
+    def __str__(self) -> str:
+        return self.render(japanese=False)
+
+    def __repr__(self) -> str:
+        return f"Message({self.key!r}, {self.values!r})"
+
+
+class Joined:
+    """Messages (or plain strings) formatted one by one and joined with ``separator``, as a Message value."""
+
+    __slots__ = ("items", "separator")
+
+    def __init__(self, items: list[Message | str], separator: str = "; "):
+        self.items = items
+        self.separator = separator
+
+    def render(self, japanese: bool | None = None) -> str:
+        return self.separator.join(str(_render_value(item, japanese)) for item in self.items)
+
+    def __str__(self) -> str:
+        return self.render(japanese=False)
+
+
+def _render_value(value: object, japanese: bool | None) -> object:
+    if isinstance(value, (Message, Joined)):
+        return value.render(japanese)
+    return value

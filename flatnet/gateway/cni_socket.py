@@ -27,10 +27,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from flatnet import i18n
 from flatnet.cni import launcher
 from flatnet.cni.handoff import Delivery, to_outbox
 from flatnet.cni.spec import INVALID_NETWORK_CONFIG, CniError
 from flatnet.errors import FlatnetError
+from flatnet.i18n import Message
 from flatnet.events.log import LogError
 from flatnet.events.record import CONTAINER_ADDED, Change
 from flatnet.gateway.state import Gateway
@@ -45,6 +47,17 @@ REQUEST_TIMEOUT_SECONDS = 5.0
 MAX_CONCURRENT_REQUESTS = 16
 STOP_TIMEOUT_SECONDS = 10.0
 _PEER_CREDENTIALS = struct.Struct("3i")
+
+i18n.define({
+    "cni.gateway_host_mismatch": (
+        "invalid network config: hostId {config_host} is not host {host_id} of the gateway on this socket",
+        "ネットワーク設定が不正です: hostId {config_host} は、このソケットのゲートウェイのホスト {host_id} ではありません",
+    ),
+    "cni.gateway_host_hint": (
+        "set hostId to this host's id, or point socket at the gateway of that host",
+        "hostId をこのホストの ID にするか、socket をそのホストのゲートウェイに向けてください",
+    ),
+})
 
 
 # Label values stay few: anything else a client sends is not counted.
@@ -68,8 +81,8 @@ class GatewayAnnouncer:
         if change.type == CONTAINER_ADDED and change.data.get("hostId") != host_id:
             raise CniError(
                 INVALID_NETWORK_CONFIG,
-                f"invalid network config: hostId {change.data.get('hostId')} is not host {host_id} of the gateway on this socket",
-                "set hostId to this host's id, or point socket at the gateway of that host",
+                Message("cni.gateway_host_mismatch", config_host=change.data.get("hostId"), host_id=host_id),
+                Message("cni.gateway_host_hint"),
             )
         delivery = to_outbox(change, self.gateway.settings.data_dir)
         self.nudge()
@@ -197,8 +210,7 @@ class CniSocket:
                      environ.get("CNI_CONTAINERID"), environ.get("CNI_IFNAME"), pid, code, seconds * 1000)
         command = environ.get("CNI_COMMAND", "")
         if command in _COUNTED_COMMANDS:
-            self.gateway.metrics.plugin_commands.labels(command, "fast").inc()
-            self.gateway.metrics.plugin_duration.labels(command, "fast").observe(seconds)
+            self.gateway.metrics.observe_plugin_command(command, code == 0, seconds)
         writer.write(b"%d\n" % code + stdout)
         await writer.drain()
 
@@ -281,10 +293,10 @@ def _execute_as(pid: int, environ: dict[str, str], stdin: bytes, announcer: Gate
             own = os.stat("/proc/thread-self/ns/net")
             theirs = os.fstat(target)
             if (own.st_dev, own.st_ino) != (theirs.st_dev, theirs.st_ino):
-                netlink.enter_netns(target, f"of plugin process {pid}")
+                netlink.enter_netns(target, Message("cni.netlink.of_process", pid=pid))
         except netlink.NetlinkFailure as error:
-            failure = CniError(spec.NETLINK_FAILURE, str(error))
-            return spec.encode(failure.as_dict(spec.error_version(stdin))), 1
+            failure = CniError(spec.NETLINK_FAILURE, error.message)
+            return spec.encode(failure.as_dict(spec.error_version(stdin), japanese=i18n.locale_is_japanese(environ))), 1
         finally:
             os.close(target)
     return dispatch.execute(environ, stdin, announcer)

@@ -182,6 +182,7 @@ class Plugin:
         ifname: str = "eth0",
         stdin: bytes | None = None,
         fault: str = "",
+        locale: dict[str, str] | None = None,
         **overrides,
     ) -> PluginRun:
         environment = {
@@ -195,6 +196,8 @@ class Plugin:
         }
         if fault:
             environment["FLATNET_CNI_FAULT"] = fault
+        # Locale variables such as LANG, as podman passes its own on to the plugin.
+        environment.update(locale or {})
         if stdin is None:
             stdin = json.dumps(self.config(version, **overrides)).encode()
         completed = subprocess.run(

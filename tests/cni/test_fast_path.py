@@ -231,8 +231,8 @@ def _metric(host: PluginHost, sample: str) -> float:
 
 
 def test_fast_path_commands_are_counted_in_metrics(fast):
-    added = 'flatnet_plugin_commands_total{command="ADD",path="fast"}'
-    deleted = 'flatnet_plugin_commands_total{command="DEL",path="fast"}'
+    added = 'flatnet_plugin_commands_total{command="ADD",path="fast",result="ok"}'
+    deleted = 'flatnet_plugin_commands_total{command="DEL",path="fast",result="ok"}'
     timed = 'flatnet_plugin_command_duration_seconds_count{command="ADD",path="fast"}'
     before = {name: _metric(fast.host, name) for name in (added, deleted, timed)}
     netns = fast.container()

@@ -1,3 +1,4 @@
+import importlib
 import json
 import subprocess
 import sys
@@ -5,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from flatnet import i18n
 from flatnet.cni import dispatch, launcher, spec
 from flatnet.cni.spec import CniError
+from flatnet.i18n import Message
 
 CONFIG = json.dumps({"cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet", "hostId": 1}).encode()
 
@@ -263,15 +266,44 @@ def test_shaping_leaves_input_unchanged():
 
 
 def test_error_without_details_omits_details():
-    error = CniError(spec.INVALID_NETWORK_CONFIG, "bad config")
+    error = CniError(spec.INVALID_NETWORK_CONFIG, Message("cni.config_not_json"))
 
-    assert error.as_dict("0.4.0") == {"cniVersion": "0.4.0", "code": 7, "msg": "bad config"}
+    assert error.as_dict("0.4.0") == {"cniVersion": "0.4.0", "code": 7, "msg": "network config on stdin is not valid JSON"}
 
 
 def test_error_with_details_includes_them():
-    error = CniError(spec.DECODE_FAILURE, "bad JSON", "line 1")
+    error = CniError(spec.DECODE_FAILURE, Message("cni.config_not_json"), "line 1")
 
     assert error.as_dict("1.0.0")["details"] == "line 1"
+
+
+def test_error_renders_japanese_on_request():
+    error = CniError(spec.INVALID_ENVIRONMENT, Message("cni.ifname_invalid", ifname="a/b"), Message("cni.ifname_rule"))
+
+    japanese = error.as_dict("1.0.0", japanese=True)
+
+    assert japanese["msg"] == "CNI_IFNAME 'a/b' が不正です"
+    assert japanese["details"].startswith("'/' や空白を含まない")
+    assert error.as_dict("1.0.0")["msg"] == "CNI_IFNAME 'a/b' is invalid"
+    assert error.msg == "CNI_IFNAME 'a/b' is invalid"
+    assert error.details == "it must be a Linux interface name of 1 to 15 characters without '/' or spaces"
+
+
+def test_error_renders_nested_messages_in_one_language():
+    importlib.import_module("flatnet.cni.config")  # defines the cni.config.* messages
+    rule = Message("cni.config.rule_host_id")
+    error = CniError(spec.INVALID_NETWORK_CONFIG, Message("cni.config.invalid", key="hostId", value=0, rule=rule))
+
+    assert error.as_dict("1.0.0", japanese=True)["msg"] == (
+        "ネットワーク設定が不正です: hostId 0: 1 から 254 までの整数で、フリート内で重複しない値にしてください"
+    )
+    assert error.msg == "invalid network config: hostId 0: must be an integer from 1 to 254, unique in the fleet"
+
+
+def test_error_keeps_foreign_details_verbatim():
+    error = CniError(spec.DECODE_FAILURE, Message("cni.config_not_json"), "Expecting value: line 1 column 1 (char 0)")
+
+    assert error.as_dict("1.0.0", japanese=True)["details"] == "Expecting value: line 1 column 1 (char 0)"
 
 
 # Launcher and dispatch, for commands that never reach netlink
@@ -337,20 +369,57 @@ def test_reply_decoding(reply, expected):
 
 
 def test_gateway_failure_document_is_one_cni_error():
-    failure = launcher.GatewayFailed('closed "suddenly"')
+    failure = launcher.GatewayFailed("cni.gateway_no_reply", path="/run/gw.sock", error='closed "suddenly"')
 
     document = json.loads(launcher.gateway_failure_document({"cniVersion": "0.4.0"}, "ADD", failure))
 
     assert document["cniVersion"] == "0.4.0"
     assert document["code"] == spec.TRY_AGAIN_LATER
     assert "ADD" in document["msg"]
-    assert document["details"] == 'closed "suddenly"'
+    assert document["details"] == 'the gateway at /run/gw.sock did not reply: closed "suddenly"'
 
 
-def test_forwarded_environment_keeps_cni_variables_only():
-    environ = {b"CNI_COMMAND": b"ADD", b"PATH": b"/bin", b"FLATNET_CNI_FAULT": b"x:fail", b"HOME": b"/root"}
+def test_gateway_failure_document_in_japanese():
+    failure = launcher.GatewayFailed("cni.gateway_reply_incomplete", path="/run/gw.sock")
 
-    assert launcher.forwarded_environment(environ) == {"CNI_COMMAND": "ADD", "FLATNET_CNI_FAULT": "x:fail"}
+    document = json.loads(launcher.gateway_failure_document({"cniVersion": "1.0.0"}, "ADD", failure, japanese=True))
+
+    assert document["msg"].startswith("ホストのゲートウェイが ADD の実行中に失敗しました")
+    assert document["details"] == "/run/gw.sock のゲートウェイが応答を最後まで送らずに接続を閉じました"
+    assert str(failure) == "the gateway at /run/gw.sock closed the connection without a complete reply"
+
+
+def test_forwarded_environment_keeps_cni_fault_and_locale_variables():
+    environ = {
+        b"CNI_COMMAND": b"ADD", b"PATH": b"/bin", b"FLATNET_CNI_FAULT": b"x:fail", b"HOME": b"/root",
+        b"LANG": b"ja_JP.UTF-8", b"LC_ALL": b"C", b"LC_MESSAGES": b"ja_JP", b"LC_TIME": b"ja_JP",
+    }
+
+    assert launcher.forwarded_environment(environ) == {
+        "CNI_COMMAND": "ADD", "FLATNET_CNI_FAULT": "x:fail", "LANG": "ja_JP.UTF-8", "LC_ALL": "C", "LC_MESSAGES": "ja_JP",
+    }
+
+
+@pytest.mark.parametrize("environment", [
+    {},
+    {"LANG": "ja_JP.UTF-8"},
+    {"LANG": "C"},
+    {"LANG": "en_US.UTF-8"},
+    {"LC_ALL": "C", "LANG": "ja_JP.UTF-8"},
+    {"LC_ALL": "", "LANG": "ja_JP.UTF-8"},
+    {"LC_MESSAGES": "ja_JP", "LANG": "C"},
+    {"LC_ALL": "ja_JP.eucJP", "LC_MESSAGES": "C"},
+    {"LC_MESSAGES": "JA_JP"},
+])
+def test_launcher_locale_rule_matches_i18n(environment):
+    assert launcher.locale_is_japanese(environment) == i18n.locale_is_japanese(environment)
+
+
+def test_launcher_messages_are_in_the_catalog():
+    catalog = i18n.catalog()
+
+    for key, pair in launcher.MESSAGES.items():
+        assert catalog[key] == pair
 
 
 def test_dispatch_version_matches_launcher():
@@ -366,6 +435,30 @@ def test_dispatch_bad_json_is_one_error():
     assert code == 1
     assert document["code"] == spec.DECODE_FAILURE
     assert document["cniVersion"] == "1.0.0"
+
+
+def test_dispatch_error_follows_japanese_locale():
+    environment = dict(ADD_ENVIRONMENT, CNI_CONTAINERID="-web", LANG="ja_JP.UTF-8")
+
+    stdout, code = dispatch.execute(environment, CONFIG)
+
+    document = json.loads(stdout)
+    assert code == 1
+    assert document["code"] == spec.INVALID_ENVIRONMENT
+    assert document["msg"] == "CNI_CONTAINERID '-web' が不正です"
+    assert document["details"].startswith("空でなく、英字か数字で始まり")
+
+
+@pytest.mark.parametrize("locale", [{"LANG": "C"}, {}, {"LC_ALL": "C", "LANG": "ja_JP.UTF-8"}], ids=["C", "unset", "LC_ALL"])
+def test_dispatch_error_in_english_without_japanese_locale(locale):
+    environment = dict(ADD_ENVIRONMENT, CNI_CONTAINERID="-web", **locale)
+
+    stdout, code = dispatch.execute(environment, CONFIG)
+
+    document = json.loads(stdout)
+    assert code == 1
+    assert document["msg"] == "CNI_CONTAINERID '-web' is invalid"
+    assert document["details"].startswith("it must be non-empty")
 
 
 def test_dispatch_error_carries_config_version():
@@ -406,3 +499,22 @@ def test_launcher_failure_prints_one_cni_error(tmp_path):
         "cniVersion": "0.4.0", "code": 999, "msg": "the flatnet plugin failed", "details": "ZeroDivisionError: division by zero",
     }
     assert b"ZeroDivisionError" in completed.stderr
+
+
+def test_launcher_failure_follows_japanese_locale():
+    launcher_dir = str(Path(launcher.__file__).parent)
+    probe = (
+        "import sys\n"
+        f"sys.path.insert(0, {launcher_dir!r})\n"
+        "import launcher\n"
+        "launcher.respond = lambda *arguments: 1 / 0\n"
+        "launcher.main()\n"
+    )
+
+    completed = subprocess.run(
+        [sys.executable, "-SI", "-c", probe], input=b'{"cniVersion": "1.0.0"}', capture_output=True,
+        env={"CNI_COMMAND": "ADD", "LANG": "ja_JP.UTF-8"},
+    )
+
+    assert completed.returncode == 1
+    assert json.loads(completed.stdout)["msg"] == "flatnet プラグインが失敗しました"
