@@ -13,6 +13,8 @@ import re
 # A container name as podman allows it ([a-zA-Z0-9][a-zA-Z0-9_.-]*), lower-cased.
 _NAME = re.compile(rb"[a-z0-9][a-z0-9_.-]*")
 _PORT = re.compile(rb"[0-9]{1,5}")
+# The longest container name the log accepts (events.record.CONTAINER_NAME), as in DNS.
+MAX_NAME_LENGTH = 253
 
 
 class HostProblem(enum.Enum):
@@ -68,6 +70,8 @@ def parse_host(host: bytes | None, domain: str) -> HostName:
     if not name.endswith(suffix):
         raise InvalidHost(HostProblem.FOREIGN, text, f"the name must end in .{domain}")
     name = name[: -len(suffix)]
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidHost(HostProblem.MALFORMED, text, f"the container name must be at most {MAX_NAME_LENGTH} characters")
     if not _NAME.fullmatch(name) or name.endswith((b".", b"-")) or b".." in name:
         raise InvalidHost(
             HostProblem.MALFORMED, text,

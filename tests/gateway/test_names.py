@@ -12,6 +12,7 @@ from flatnet.gateway.names import HostName, HostProblem, InvalidHost, parse_host
     (b"web.flatnet:8080", HostName("web", 8080)),
     (b"web.flatnet.:80", HostName("web", 80)),
     (b"my_app.v2.flatnet", HostName("my_app.v2", None)),
+    (b"w" * 253 + b".flatnet", HostName("w" * 253, None)),
 ])
 def test_host_is_parsed_to_name_and_port(host, expected):
     assert parse_host(host, "flatnet") == expected
@@ -30,6 +31,7 @@ def test_host_is_parsed_to_name_and_port(host, expected):
     (b"we b.flatnet", HostProblem.MALFORMED),
     (b"-web.flatnet", HostProblem.MALFORMED),
     (b"web..x.flatnet", HostProblem.MALFORMED),
+    (b"w" * 254 + b".flatnet", HostProblem.MALFORMED),
 ])
 def test_invalid_host_names_the_problem(host, problem):
     with pytest.raises(InvalidHost) as caught:
