@@ -39,6 +39,11 @@ i18n.define({
         "host {host_id} owns {expected}; set ipRange to {expected!r} or fix hostId",
         "ホスト {host_id} の範囲は {expected} です。ipRange を {expected!r} にするか、hostId を直してください",
     ),
+    "cni.config.missing": ("invalid network config: {key} is missing", "ネットワーク設定が不正です: {key} がありません"),
+    "cni.config.add_key": (
+        "add {key} to the flatnet plugin's object in the conflist: it {rule}",
+        "conflist の flatnet プラグインのオブジェクトに {key} を追加してください。値は {rule}",
+    ),
     "cni.config.rule_host_id": (
         "must be an integer from 1 to 254, unique in the fleet",
         "1 から 254 までの整数で、フリート内で重複しない値にしてください",
@@ -107,7 +112,13 @@ def _invalid(key: str, value: Any, rule: Message) -> CniError:
 
 def load_netconf(raw: dict[str, Any]) -> NetConf:
     """Validate the plugin config ``raw`` and return it as a NetConf."""
-    host_id = raw.get("hostId")
+    if "hostId" not in raw:
+        raise CniError(
+            INVALID_NETWORK_CONFIG,
+            Message("cni.config.missing", key="hostId"),
+            Message("cni.config.add_key", key="hostId", rule=Message("cni.config.rule_host_id")),
+        )
+    host_id = raw["hostId"]
     if not isinstance(host_id, int) or isinstance(host_id, bool) or not 1 <= host_id <= 254:
         raise _invalid("hostId", host_id, Message("cni.config.rule_host_id"))
 

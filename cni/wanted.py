@@ -82,12 +82,16 @@ i18n.define({
         "ネットワーク設定が不正です: {key}.protocol {value!r} は {protocols} のいずれかにしてください",
     ),
     "cni.wanted.aliases_not_list": (
-        "invalid network config: runtimeConfig.aliases for network {network!r} must be a list of names, got {value!r}",
-        "ネットワーク設定が不正です: ネットワーク {network!r} の runtimeConfig.aliases は名前のリストにしてください（実際は {value!r}）",
+        "invalid aliases from podman: runtimeConfig.aliases for network {network!r} (podman run --network-alias)"
+        " must be a list of names, got {value!r}",
+        "podman から渡されたエイリアスが不正です: ネットワーク {network!r} の runtimeConfig.aliases"
+        "（podman run --network-alias）は名前のリストにしてください（実際は {value!r}）",
     ),
     "cni.wanted.alias_invalid": (
-        "invalid network config: alias {alias!r} is not a container name",
-        "ネットワーク設定が不正です: エイリアス {alias!r} はコンテナー名ではありません",
+        "invalid alias from podman: {alias!r}, given with podman run --network-alias (runtimeConfig.aliases),"
+        " is not a container name",
+        "podman から渡されたエイリアスが不正です: podman run --network-alias で指定された {alias!r}"
+        "（runtimeConfig.aliases）はコンテナー名ではありません",
     ),
     "cni.wanted.prev_result_missing": (
         "invalid network config: CHECK needs prevResult, the result of the ADD",

@@ -7,6 +7,7 @@ Each subcommand calls into the module that does the work; only
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from flatnet import help_format, i18n
@@ -34,7 +35,10 @@ i18n.define({
         "このホストにプラグイン、設定、systemd ユニットをインストールします（root が必要）",
     ),
     "cli.help_install_host_id": ("this host's id, 1-254, unique in the fleet", "このホストの ID（1〜254、フリート内で一意）"),
-    "cli.help_install_dry_run": ("show what would be written, write nothing", "書き込む内容を表示するだけで、何も書き込みません"),
+    "cli.help_install_dry_run": (
+        "print each file that would be written, with its content, and write nothing",
+        "書き込む各ファイルを内容とともに表示するだけで、何も書き込みません",
+    ),
     "cli.help_install_force": ("overwrite existing files that differ", "内容の異なる既存ファイルを上書きします"),
     "cli.help_install_root": (
         "install under this directory instead of / (default /)",
@@ -43,8 +47,12 @@ i18n.define({
     "cli.help_uninstall": ("remove what flatnet install wrote", "flatnet install が書き込んだものを削除します"),
     "cli.help_uninstall_dry_run": ("show what would be removed, remove nothing", "削除する対象を表示するだけで、何も削除しません"),
     "cli.help_uninstall_purge": (
-        "also remove /var/lib/flatnet (the event log) and /var/log/flatnet",
-        "/var/lib/flatnet（イベントログ）と /var/log/flatnet も削除します",
+        "also remove /var/lib/flatnet (the event log and IP reservations) and /var/log/flatnet (the access log)",
+        "/var/lib/flatnet（イベントログと IP アドレスの予約）と /var/log/flatnet（アクセスログ）も削除します",
+    ),
+    "cli.help_uninstall_force": (
+        "also remove installed files that were changed since flatnet install wrote them",
+        "flatnet install が書き込んだ後に変更されたファイルも削除します",
     ),
     "cli.help_uninstall_root": (
         "uninstall under this directory instead of / (default /)",
@@ -69,10 +77,31 @@ i18n.define({
         "2 ホストのラボを構築し、flatnet を端から端まで順に実演します",
     ),
     "cli.invalid_watch": (
-        "--watch {value} is invalid: give a number of seconds above 0, e.g. --watch 2",
-        "--watch {value} は無効です。0 より大きい秒数を指定してください（例: --watch 2）",
+        "{value!r} is invalid: give a number of seconds above 0, e.g. --watch 2",
+        "{value!r} は無効です。0 より大きい秒数を指定してください（例: --watch 2）",
     ),
 })
+
+
+def _seconds_above_zero(value: str) -> float:
+    """Parse the --watch interval: finite seconds above 0, or a usage error naming the value as typed."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(i18n.text("cli.invalid_watch", value=value))
+    return seconds
+
+
+def _api_url(value: str) -> str:
+    """Check the --api URL before any request is sent."""
+    from flatnet.status import api_url_problem
+
+    problem = api_url_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.set_defaults(run=_run_gateway)
 
     install = help_format.add_command(commands, "install", i18n.text("cli.help_install"))
-    install.add_argument("--host-id", type=int, required=True, help=i18n.text("cli.help_install_host_id"))
+    from flatnet.install import host_id_argument
+
+    install.add_argument("--host-id", type=host_id_argument, required=True, help=i18n.text("cli.help_install_host_id"))
     install.add_argument("--dry-run", action="store_true", help=i18n.text("cli.help_install_dry_run"))
     install.add_argument("--force", action="store_true", help=i18n.text("cli.help_install_force"))
     install.add_argument("--root", default="/", help=i18n.text("cli.help_install_root"))
@@ -102,14 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     uninstall = help_format.add_command(commands, "uninstall", i18n.text("cli.help_uninstall"))
     uninstall.add_argument("--dry-run", action="store_true", help=i18n.text("cli.help_uninstall_dry_run"))
     uninstall.add_argument("--purge", action="store_true", help=i18n.text("cli.help_uninstall_purge"))
+    uninstall.add_argument("--force", action="store_true", help=i18n.text("cli.help_uninstall_force"))
     uninstall.add_argument("--root", default="/", help=i18n.text("cli.help_uninstall_root"))
     uninstall.set_defaults(run=_run_uninstall)
 
     status = help_format.add_command(commands, "status", i18n.text("cli.help_status"))
     status.add_argument("--config", help=i18n.text("cli.help_status_config"))
-    status.add_argument("--api", help=i18n.text("cli.help_status_api"))
+    status.add_argument("--api", type=_api_url, help=i18n.text("cli.help_status_api"))
     status.add_argument("--json", action="store_true", help=i18n.text("cli.help_status_json"))
-    status.add_argument("--watch", type=float, metavar="SECONDS", help=i18n.text("cli.help_status_watch"))
+    status.add_argument("--watch", type=_seconds_above_zero, metavar="SECONDS", help=i18n.text("cli.help_status_watch"))
     status.set_defaults(run=_run_status)
 
     demo = help_format.add_command(commands, "demo", i18n.text("cli.help_demo"))
@@ -154,7 +186,7 @@ def _run_uninstall(args: argparse.Namespace) -> int:
 
     from flatnet.install import uninstall
 
-    for line in uninstall(root=Path(args.root), dry_run=args.dry_run, purge=args.purge):
+    for line in uninstall(root=Path(args.root), dry_run=args.dry_run, purge=args.purge, force=args.force):
         print(line)
     return 0
 
@@ -164,8 +196,6 @@ def _run_status(args: argparse.Namespace) -> int:
 
     from flatnet.status import run_status
 
-    if args.watch is not None and args.watch <= 0:
-        raise FlatnetError(i18n.text("cli.invalid_watch", value=args.watch))
     config = Path(args.config) if args.config else None
     return run_status(config, args.api, as_json=args.json, watch=args.watch)
 

@@ -51,6 +51,11 @@ i18n.define({
         "{path} はすでに存在し、nebula-cert は上書きしません。削除するか別の --out-crt/--out-key を指定してください",
     ),
     "nebula.unreadable": ("cannot read Nebula config {path}: {error}", "Nebula 設定 {path} を読めません: {error}"),
+    "nebula.not_yaml_at": (
+        "Nebula config {path} is not valid YAML: line {line}, column {column}: {problem}",
+        "Nebula 設定 {path} は正しい YAML ではありません: {line} 行 {column} 列: {problem}",
+    ),
+    "nebula.not_yaml": ("Nebula config {path} is not valid YAML: {problem}", "Nebula 設定 {path} は正しい YAML ではありません: {problem}"),
     "nebula.not_mapping": (
         "Nebula config {path} must be a YAML mapping with keys such as pki, tun and firewall, not {kind}",
         "Nebula 設定 {path} は pki、tun、firewall などのキーを持つ YAML のマッピングでなければなりません（{kind} でした）",
@@ -242,13 +247,24 @@ def read_config(path: Path) -> dict[str, Any]:
         document = yaml.safe_load(path.read_text())
     except OSError as error:
         raise FlatnetError(i18n.text("nebula.unreadable", path=path, error=error.strerror)) from None
-    except yaml.YAMLError as error:
+    except UnicodeDecodeError as error:
         raise FlatnetError(i18n.text("nebula.unreadable", path=path, error=error)) from None
+    except yaml.YAMLError as error:
+        raise FlatnetError(_yaml_error_text(path, error)) from None
     if document is None:
         return {}
     if not isinstance(document, dict):
         raise FlatnetError(i18n.text("nebula.not_mapping", path=path, kind=_kind(document)))
     return document
+
+
+def _yaml_error_text(path: Path, error: yaml.YAMLError) -> str:
+    """Describe a YAML error in one line: the file, PyYAML's line and column (from 1), and its short problem text."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is None or not problem:
+        return i18n.text("nebula.not_yaml", path=path, problem=str(error).splitlines()[0])
+    return i18n.text("nebula.not_yaml_at", path=path, line=mark.line + 1, column=mark.column + 1, problem=problem)
 
 
 def update_config_file(path: Path, host_id: int, peers: Iterable[int]) -> ConfigUpdate:

@@ -6,12 +6,14 @@ import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from flatnet import i18n
 from flatnet.errors import FlatnetError
 from flatnet.gateway.settings import load_settings
+from flatnet.lab.progress import display_width, pad
 
 DEFAULT_CONFIG = Path("/etc/flatnet/gateway.toml")
 
@@ -27,10 +29,17 @@ i18n.define({
     ),
     "status.peers": ("\nPeers", "\nピア"),
     "status.no_peers": ("  (none configured)", "  (設定なし)"),
-    "status.peer_columns": (
-        "  {peer:<5} {address:<26} {state:<13} {heard:>10} {lag:>5}  {sync}",
-        "  {peer:<5} {address:<26} {state:<13} {heard:>10} {lag:>5}  {sync}",
+    "status.invalid_api": (
+        "{value!r} is not an http(s) URL ({reason}): give the gateway API's URL with scheme, address and port,"
+        " e.g. --api http://10.100.0.1:8080",
+        "{value!r} は http(s) の URL ではありません（{reason}）。スキーム、アドレス、ポートを含むゲートウェイ API の URL を"
+        "指定してください（例: --api http://10.100.0.1:8080）",
     ),
+    "status.api_scheme": ("the scheme must be http or https", "スキームは http か https にしてください"),
+    "status.api_no_host": ("the host is missing", "ホストがありません"),
+    "status.api_bad_port": ("the port is not a number from 1 to 65535", "ポートが 1 から 65535 までの数ではありません"),
+    "status.invalid_json": ("invalid JSON: {error}", "JSON として不正です: {error}"),
+    "status.unexpected_shape": ("JSON of an unexpected shape", "想定外の形の JSON です"),
     "status.column_peer": ("PEER", "ピア"),
     "status.column_address": ("ADDRESS", "アドレス"),
     "status.column_state": ("STATE", "状態"),
@@ -50,22 +59,48 @@ i18n.define({
 })
 
 
+def api_url_problem(value: str) -> str | None:
+    """Return why ``value`` is not a usable gateway API URL (http or https, a host, a port from 1 to 65535), or None."""
+    parts = urllib.parse.urlsplit(value)
+    reason = None
+    if parts.scheme not in ("http", "https"):
+        reason = "status.api_scheme"
+    elif not parts.hostname:
+        reason = "status.api_no_host"
+    else:
+        try:
+            port = parts.port
+        except ValueError:
+            # urllib raises it for a port that is not a number from 0 to 65535.
+            port = 0
+        if port == 0:
+            reason = "status.api_bad_port"
+    if reason is None:
+        return None
+    return i18n.text("status.invalid_api", value=value, reason=i18n.text(reason))
+
+
 def _fetch(url: str, timeout: float) -> object:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return json.loads(response.read())
+            body = response.read()
     except urllib.error.HTTPError as error:
         raise FlatnetError(i18n.text("status.bad_answer", url=url, detail=f"HTTP {error.code}")) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise FlatnetError(i18n.text("status.unreachable", url=url, error=reason)) from None
+    # Only a body that fails to parse is a bad response. urlopen's own ValueError (an unknown URL type) is about the URL.
+    try:
+        return json.loads(body)
     except ValueError as error:
-        raise FlatnetError(i18n.text("status.bad_answer", url=url, detail=f"invalid JSON: {error}")) from None
+        raise FlatnetError(i18n.text("status.bad_answer", url=url, detail=i18n.text("status.invalid_json", error=error))) from None
 
 
 def collect(config: Path | None, api: str | None, timeout: float = 3.0) -> dict:
     """Gather this host's status from its gateway's API into one JSON-ready dict."""
     peers_config: dict[str, str] = {}
+    if api is not None and (problem := api_url_problem(api)) is not None:
+        raise FlatnetError(problem)
     if api is None:
         settings = load_settings(config or DEFAULT_CONFIG)
         api = f"http://{settings.api_listen}"
@@ -75,7 +110,7 @@ def collect(config: Path | None, api: str | None, timeout: float = 3.0) -> dict:
     health = _fetch(f"{api}/api/health", timeout)
     containers = _fetch(f"{api}/api/containers", timeout)
     if not isinstance(health, dict) or not isinstance(containers, list):
-        raise FlatnetError(i18n.text("status.bad_answer", url=api, detail="unexpected JSON shape"))
+        raise FlatnetError(i18n.text("status.bad_answer", url=api, detail=i18n.text("status.unexpected_shape")))
 
     per_host: dict[str, dict] = {}
     for entry in containers:
@@ -111,6 +146,19 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _align(rows: list[list[str]], right_aligned: set[int]) -> list[str]:
+    """Lay ``rows`` out in columns measured in terminal columns, where a Japanese character takes two."""
+    widths = [max(display_width(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            " " * (width - display_width(cell)) + cell if column in right_aligned else pad(cell, width)
+            for column, (cell, width) in enumerate(zip(row, widths))
+        ]
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    return lines
+
+
 def render(status: dict) -> str:
     """Format ``status`` as the table a person reads."""
     lines = [i18n.text(
@@ -122,11 +170,7 @@ def render(status: dict) -> str:
     if not status["peers"]:
         lines.append(i18n.text("status.no_peers"))
     else:
-        lines.append(i18n.text(
-            "status.peer_columns", peer=i18n.text("status.column_peer"), address=i18n.text("status.column_address"),
-            state=i18n.text("status.column_state"), heard=i18n.text("status.column_heard"),
-            lag=i18n.text("status.column_lag"), sync=i18n.text("status.column_sync"),
-        ))
+        table = [[i18n.text(f"status.column_{key}") for key in ("peer", "address", "state", "heard", "lag", "sync")]]
         for peer, state in sorted(status["peers"].items(), key=lambda item: int(item[0])):
             if state["expired"]:
                 sync = i18n.text("status.expired")
@@ -138,10 +182,10 @@ def render(status: dict) -> str:
                 sync = i18n.text("status.behind", lag=state["lag"])
             if state.get("repairs"):
                 sync += i18n.text("status.repairs", count=state["repairs"])
-            lines.append(i18n.text(
-                "status.peer_columns", peer=peer, address=state["address"] or "-", state=state["state"],
-                heard=_duration(state["lastHeardSecondsAgo"]), lag=state["lag"], sync=sync,
-            ))
+            table.append([
+                peer, state["address"] or "-", state["state"], _duration(state["lastHeardSecondsAgo"]), str(state["lag"]), sync,
+            ])
+        lines += _align(table, right_aligned={3, 4})
 
     lines.append(i18n.text("status.containers"))
     for host_id, host in sorted(status["hosts"].items(), key=lambda item: int(item[0])):

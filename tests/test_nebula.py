@@ -96,6 +96,36 @@ def test_update_rejects_non_mapping_file(tmp_path):
         nebula.update_config_file(path, 1, [2])
 
 
+BROKEN_YAML = "pki:\n  ca: /etc/nebula/ca.crt\n tun:\n  dev: nebula1\n"
+
+
+def test_update_names_line_of_bad_yaml(tmp_path, monkeypatch):
+    monkeypatch.setenv("LC_ALL", "C")
+    path = tmp_path / "config.yml"
+    path.write_text(BROKEN_YAML)
+
+    with pytest.raises(FlatnetError) as raised:
+        nebula.update_config_file(path, 1, [2])
+
+    message = str(raised.value)
+    assert message.startswith(f"Nebula config {path} is not valid YAML: line 3, column 2: expected <block end>")
+    assert "\n" not in message
+    assert path.read_text() == BROKEN_YAML
+
+
+def test_bad_yaml_in_japanese(tmp_path, monkeypatch):
+    monkeypatch.setenv("LC_ALL", "ja_JP.UTF-8")
+    path = tmp_path / "config.yml"
+    path.write_text('tun: {dev: "nebula1}\n')
+
+    with pytest.raises(FlatnetError) as raised:
+        nebula.update_config_file(path, 1, [2])
+
+    message = str(raised.value)
+    assert message.startswith(f"Nebula 設定 {path} は正しい YAML ではありません: 2 行 1 列: ")
+    assert "\n" not in message
+
+
 def test_update_rejects_non_list_routes(tmp_path):
     path = tmp_path / "config.yml"
     path.write_text("tun: {unsafe_routes: 10.100.2.0/24}\n")

@@ -5,10 +5,23 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flatnet import i18n
 from flatnet.events.log import DEFAULT_SEGMENT_BYTES
 from flatnet.gateway.journal import JournalPolicy
+from flatnet.i18n import Message
 
 DAY_SECONDS = 24 * 3600.0
+
+i18n.define({
+    "log_settings.tombstones_too_short": (
+        "log.tombstone_retention {retention:g} s must be greater than ttl + resync = {ttl:g} + {resync:g} = {total:g} s,"
+        " so that a late snapshot from a peer cannot bring a removed container back;"
+        " raise log.tombstone_retention or lower ttl or resync",
+        "log.tombstone_retention {retention:g} 秒は ttl + resync = {ttl:g} + {resync:g} = {total:g} 秒より大きくしてください。"
+        "そうでないと、遅れて届いたピアのスナップショットが削除済みのコンテナーを復活させます。"
+        "log.tombstone_retention を増やすか、ttl か resync を減らしてください",
+    ),
+})
 
 
 class LogSettings(BaseModel):
@@ -51,15 +64,13 @@ class ReconcileSettings(BaseModel):
 
 
 def check_tombstone_retention(log: LogSettings, ttl: float, resync: float) -> None:
-    """Raise ValueError unless tombstones outlive ``ttl + resync``.
+    """Raise ValueError, carrying a catalogue Message, unless tombstones outlive ``ttl + resync``.
 
     A peer's snapshot can lag by up to the resync interval, and its containers
     stay live for the ttl. A tombstone dropped before both have passed lets
     such a snapshot bring a removed container back.
     """
     if log.tombstone_retention <= ttl + resync:
-        raise ValueError(
-            f"log.tombstone_retention {log.tombstone_retention:g} s must be greater than "
-            f"ttl + resync = {ttl:g} + {resync:g} = {ttl + resync:g} s, so that a late snapshot from a peer "
-            f"cannot bring a removed container back; raise log.tombstone_retention or lower ttl or resync"
-        )
+        raise ValueError(Message(
+            "log_settings.tombstones_too_short", retention=log.tombstone_retention, ttl=ttl, resync=resync, total=ttl + resync,
+        ))

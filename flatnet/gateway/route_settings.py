@@ -18,6 +18,9 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from flatnet import i18n
+from flatnet.i18n import Message
+
 # Linux interface names: at most 15 bytes (IFNAMSIZ 16 with the NUL), no '/', ':' or whitespace.
 _INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 CONTAINER_NETWORK = ipaddress.IPv4Network("10.100.0.0/16")
@@ -28,6 +31,23 @@ CONTAINER_NETWORK = ipaddress.IPv4Network("10.100.0.0/16")
 NEBULA_ROUTE_METRIC = 100
 DEFAULT_METRIC = 50
 DEFAULT_INTERVAL_SECONDS = 10.0
+
+i18n.define({
+    "route_settings.device_invalid": (
+        "{value!r} is not a Linux interface name: use 1-15 letters, digits, '_', '.' or '-', e.g. 'nebula1'",
+        "{value!r} は Linux のインターフェース名ではありません。英字・数字・'_'・'.'・'-' の 1〜15 文字にしてください（例: 'nebula1'）",
+    ),
+    "route_settings.via_needed": (
+        "mode 'via' needs via = \"<address of the host that runs Nebula>\", e.g. via = \"172.20.48.1\"",
+        "mode 'via' には via = \"<Nebula を動かすホストのアドレス>\" が必要です（例: via = \"172.20.48.1\"）",
+    ),
+    "route_settings.via_in_container_network": (
+        "via {via} is inside the container network {network}; give the address of the host"
+        " that runs Nebula on the link to this one (for WSL2: the Windows side)",
+        "via {via} はコンテナーネットワーク {network} の中にあります。"
+        "このホストとつながるリンク上で Nebula を動かすホストのアドレス（WSL2 では Windows 側）を指定してください",
+    ),
+})
 
 
 class RouteMode(str, enum.Enum):
@@ -53,18 +73,13 @@ class RouteSettings(BaseModel):
     @classmethod
     def _is_interface_name(cls, value: str) -> str:
         if not _INTERFACE_NAME.match(value):
-            raise ValueError(
-                f"device {value!r} is not a Linux interface name: use 1-15 letters, digits, '_', '.' or '-', e.g. 'nebula1'"
-            )
+            raise ValueError(Message("route_settings.device_invalid", value=value))
         return value
 
     @model_validator(mode="after")
     def _via_fits_mode(self) -> "RouteSettings":
         if self.mode is RouteMode.VIA and self.via is None:
-            raise ValueError("mode 'via' needs via = \"<address of the host that runs Nebula>\", e.g. via = \"172.20.48.1\"")
+            raise ValueError(Message("route_settings.via_needed"))
         if self.via is not None and self.via in CONTAINER_NETWORK:
-            raise ValueError(
-                f"via {self.via} is inside the container network {CONTAINER_NETWORK}; give the address of the host"
-                " that runs Nebula on the link to this one (for WSL2: the Windows side)"
-            )
+            raise ValueError(Message("route_settings.via_in_container_network", via=self.via, network=CONTAINER_NETWORK))
         return self

@@ -11,12 +11,46 @@ from typing import Annotated
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from flatnet import i18n
 from flatnet.errors import FlatnetError
+from flatnet.gateway import config_errors
 from flatnet.gateway.log_settings import LogSettings, ReconcileSettings, check_tombstone_retention
 from flatnet.gateway.route_settings import RouteSettings
+from flatnet.i18n import Message
 
 _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 HostId = Annotated[int, Field(ge=1, le=254)]
+
+i18n.define({
+    "settings.listen_not_address": (
+        "{value!r} is not an IPv4 address and port; give one like '10.100.0.1:8080'",
+        "{value!r} は IPv4 アドレスとポートではありません。'10.100.0.1:8080' のように指定してください",
+    ),
+    "settings.listen_bad_port": (
+        "{value!r} has no valid port; give a port from 1 to 65535, e.g. '10.100.0.1:8080'",
+        "{value!r} のポートが不正です。1 から 65535 までのポートを指定してください（例: '10.100.0.1:8080'）",
+    ),
+    "settings.domain_invalid": (
+        "{value!r} is not a DNS suffix; give one like 'flatnet' or 'lan.example'",
+        "{value!r} は DNS サフィックスではありません。'flatnet' や 'lan.example' のように指定してください",
+    ),
+    "settings.stale_after_not_below_ttl": (
+        "stale_after {stale_after:g} must be less than ttl {ttl:g}, or the stale policy never applies",
+        "stale_after {stale_after:g} は ttl {ttl:g} より小さくしてください。そうでないと stale ポリシーが働きません",
+    ),
+    "settings.peer_is_self": (
+        "peer host_id {host_id} is this gateway's own host_id; list only the other hosts in [[peers]]",
+        "ピアの host_id {host_id} はこのゲートウェイ自身の host_id です。[[peers]] には他のホストだけを書いてください",
+    ),
+    "settings.peer_twice": (
+        "peer host_id {host_id} is listed twice; keep one [[peers]] table per host",
+        "ピアの host_id {host_id} が 2 回書かれています。[[peers]] テーブルはホストごとに 1 つにしてください",
+    ),
+    "settings.path_not_absolute": (
+        "{value!r} must be an absolute path, like '/var/lib/flatnet/gateway.sock'",
+        "{value!r} は '/var/lib/flatnet/gateway.sock' のような絶対パスにしてください",
+    ),
+})
 
 
 class StalePolicy(str, enum.Enum):
@@ -87,9 +121,9 @@ class Settings(BaseModel):
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            raise ValueError(f"{value!r} must be 'IPv4:port', e.g. '10.100.0.1:8080'") from None
+            raise ValueError(Message("settings.listen_not_address", value=value)) from None
         if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} has no valid port (1-65535)")
+            raise ValueError(Message("settings.listen_bad_port", value=value))
         return value
 
     @field_validator("log")
@@ -104,13 +138,13 @@ class Settings(BaseModel):
     def _is_domain(cls, value: str) -> str:
         value = value.strip(".").lower()
         if not _DOMAIN.match(value):
-            raise ValueError(f"{value!r} must be a DNS suffix like 'flatnet' or 'lan.example'")
+            raise ValueError(Message("settings.domain_invalid", value=value))
         return value
 
     @model_validator(mode="after")
     def _stale_before_expired(self) -> "Settings":
         if self.stale_after is not None and self.stale_after >= self.ttl:
-            raise ValueError(f"stale_after {self.stale_after} must be less than ttl {self.ttl}, or the policy never applies")
+            raise ValueError(Message("settings.stale_after_not_below_ttl", stale_after=self.stale_after, ttl=self.ttl))
         return self
 
     @property
@@ -125,9 +159,9 @@ class Settings(BaseModel):
         seen = set()
         for peer in self.peers:
             if peer.host_id == self.host_id:
-                raise ValueError(f"peer host_id {peer.host_id} is this gateway's own host_id")
+                raise ValueError(Message("settings.peer_is_self", host_id=peer.host_id))
             if peer.host_id in seen:
-                raise ValueError(f"peer host_id {peer.host_id} is listed twice")
+                raise ValueError(Message("settings.peer_twice", host_id=peer.host_id))
             seen.add(peer.host_id)
         return self
 
@@ -135,7 +169,7 @@ class Settings(BaseModel):
     @classmethod
     def _is_absolute(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_absolute():
-            raise ValueError(f"{str(value)!r} must be an absolute path, like '/var/lib/flatnet/gateway.sock'")
+            raise ValueError(Message("settings.path_not_absolute", value=str(value)))
         return value
 
     @property
@@ -159,38 +193,22 @@ def split_host_port(value: str) -> tuple[str, int]:
 
 
 def load_settings(path: str | Path) -> Settings:
-    """Read and validate the gateway config at ``path``."""
+    """Read and validate the gateway config at ``path``; every error is a catalogue message in the locale's language."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise FlatnetError(f"gateway config {path} not found; pass an existing file with --config") from None
+        raise FlatnetError(i18n.text("config.not_found", path=path)) from None
     except IsADirectoryError:
-        raise FlatnetError(f"gateway config {path} is a directory; pass the TOML file with --config") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise FlatnetError(f"gateway config {path} cannot be read: {error}") from None
+        raise FlatnetError(i18n.text("config.is_directory", path=path)) from None
+    except OSError as error:
+        raise FlatnetError(i18n.text("config.unreadable", path=path, error=error.strerror or error)) from None
+    except UnicodeDecodeError as error:
+        raise FlatnetError(i18n.text("config.unreadable", path=path, error=error)) from None
     except tomllib.TOMLDecodeError as error:
-        raise FlatnetError(f"gateway config {path} is not valid TOML: {error}") from None
+        raise FlatnetError(i18n.text("config.not_toml", path=path, error=error)) from None
     try:
         return Settings.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(_describe_problem(issue) for issue in error.errors())
-        raise FlatnetError(f"gateway config {path} is invalid: {problems}") from None
-
-
-def _describe_problem(issue: dict) -> str:
-    """One config problem in words: the key, what is wrong, and the value when it is short."""
-    location = ".".join(map(str, issue["loc"]))
-    if issue["type"] == "extra_forbidden":
-        model = Peer if len(issue["loc"]) > 1 and issue["loc"][0] == "peers" else Settings
-        return f"unknown key {location!r}; valid keys are {', '.join(model.model_fields)}"
-    if issue["type"] == "missing":
-        return f"{location} is missing"
-    message = issue["msg"].removeprefix("Value error, ")
-    if not location:
-        return message
-    if issue["type"] in ("tuple_type", "list_type") and location == "peers":
-        return "peers must be a list of [[peers]] tables (double brackets), each with host_id and api"
-    value = repr(issue.get("input"))
-    shown = f" (got {value})" if len(value) <= 80 else ""
-    return f"{location}: {message}{shown}"
+        problems = config_errors.describe_all(error.errors(), Settings, raw)
+        raise FlatnetError(i18n.text("config.invalid", path=path, problems=problems)) from None

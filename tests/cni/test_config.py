@@ -72,6 +72,28 @@ def test_invalid_host_id_is_code_7(host_id):
     assert repr(host_id) in error.msg
 
 
+def test_missing_host_id_says_missing():
+    raw = {"cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet"}
+
+    with pytest.raises(CniError) as raised:
+        load_netconf(raw)
+
+    error = raised.value
+    assert error.code == INVALID_NETWORK_CONFIG
+    assert error.msg == "invalid network config: hostId is missing"
+    assert "None" not in error.msg
+    assert "from 1 to 254" in error.details
+
+
+def test_missing_host_id_in_japanese():
+    with pytest.raises(CniError) as raised:
+        load_netconf({"cniVersion": "1.0.0", "name": "flatnet", "type": "flatnet"})
+
+    document = raised.value.as_dict("1.0.0", japanese=True)
+    assert document["msg"] == "ネットワーク設定が不正です: hostId がありません"
+    assert document["details"].startswith("conflist の flatnet プラグインのオブジェクトに hostId を追加してください。")
+
+
 @pytest.mark.parametrize("host_id", [1, 254])
 def test_host_id_limits_are_valid(host_id):
     assert load(hostId=host_id).subnet == ipaddress.IPv4Network(f"10.100.{host_id}.0/24")

@@ -166,6 +166,20 @@ def test_bad_aliases_are_code_7(aliases):
 
     assert error.code == INVALID_NETWORK_CONFIG
     assert "alias" in error.msg
+    assert "--network-alias" in error.msg
+    assert "invalid network config" not in error.msg
+
+
+def test_bad_alias_blames_podman_alias():
+    error = error_of(lambda: wanted.from_request(request(runtimeConfig={"aliases": {"flatnet": ["-bad"]}}), conf()))
+
+    document = error.as_dict("1.0.0")
+    japanese = error.as_dict("1.0.0", japanese=True)
+    assert document["msg"] == (
+        "invalid alias from podman: '-bad', given with podman run --network-alias (runtimeConfig.aliases), is not a container name"
+    )
+    assert japanese["msg"].startswith("podman から渡されたエイリアスが不正です: podman run --network-alias で指定された '-bad'")
+    assert "ネットワーク設定が不正です" not in japanese["msg"]
 
 
 # prevResult for CHECK

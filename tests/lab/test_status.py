@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from flatnet.lab.progress import display_width
 from tests.gateway.harness import wait_until
 from tests.lab.conftest import built_lab
 from tests.lab.test_end_to_end import _require_lab_tools
@@ -78,6 +79,15 @@ def test_status_table_in_japanese(lab):
     assert result.returncode == 0, result.stderr
     assert "ホスト 1" in result.stdout
     assert "ピア" in result.stdout
+    # The address column starts at the same terminal column in the header and in each peer row,
+    # counting a Japanese character as two columns.
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if "アドレス" in line)
+    rows = [line for line in lines if "http://10.100.0." in line]
+    assert len(rows) == 2, result.stdout
+    address_column = display_width(header[: header.index("アドレス")])
+    for row in rows:
+        assert display_width(row[: row.index("http://")]) == address_column, f"{header}\n{row}"
 
 
 def test_status_names_an_unreachable_gateway(lab):
