@@ -35,8 +35,6 @@ import operator
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from flatnet.gateway.decisions import Decision
 from flatnet.replay import settings as replay_settings
 from flatnet.replay.datadir import DataDir, DecisionFile
@@ -534,10 +532,10 @@ def audit_share(job: Any, files: list[tuple[DecisionFile, int]], settings_for: A
     other processes (see shares.py).
     """
     history = build_history(job.data_dir, job.snapshot_list)
-    needle = orjson.dumps(job.options.request_id) if job.options.request_id is not None else None
     total = sum(size for _, size in files)
     update = progress.update if progress is not None else None
-    index = index_records(files, since=job.options.since, until=job.options.until, needle=needle, progress=update)
+    options = job.options
+    index = index_records(files, since=options.since, until=options.until, request_id=options.request_id, progress=update)
     settings = settings_for(index)
     auditor = Auditor(job.data_dir, history, settings, index, job.options)
     scaled = _Scaled(progress, total, total / max(len(index.ts), 1)) if progress is not None else None

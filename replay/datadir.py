@@ -26,6 +26,10 @@ i18n.define({
         "data directory {path} not found; give a gateway's data_dir with --data-dir, or its config with --config",
         "データディレクトリー {path} が見つかりません。--data-dir でゲートウェイの data_dir を、または --config で設定ファイルを指定してください",
     ),
+    "replay.data_dir_not_directory": (
+        "data directory {path} is not a directory. Give a gateway's data_dir with --data-dir, or its config with --config",
+        "データディレクトリー {path} はディレクトリーではありません。--data-dir でゲートウェイの data_dir を、または --config で設定ファイルを指定してください",
+    ),
     "replay.not_data_dir": (
         "{path} is not a gateway's data directory: it has no log/ folder; give the data_dir of a gateway's config",
         "{path} はゲートウェイのデータディレクトリーではありません（log/ フォルダーがありません）。ゲートウェイ設定の data_dir を指定してください",
@@ -123,7 +127,8 @@ class DataDir:
     def __init__(self, path: Path):
         self.path = Path(path)
         if not self.path.is_dir():
-            raise DataDirError(i18n.text("replay.no_data_dir", path=self.path))
+            key = "replay.data_dir_not_directory" if self.path.exists() else "replay.no_data_dir"
+            raise DataDirError(i18n.text(key, path=self.path))
         if not (self.path / "log").is_dir():
             raise DataDirError(i18n.text("replay.not_data_dir", path=self.path))
         self.log_root = self.path / "log"

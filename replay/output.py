@@ -14,6 +14,11 @@ import orjson
 PROGRESS_AFTER_SECONDS = 1.0
 PROGRESS_REDRAW_SECONDS = 0.1
 _BAR_COLUMNS = 30
+# Widest cell of a table column other than the last, in terminal columns. A DNS
+# label (a container name) has at most 63 characters, so valid names show whole.
+# A longer cell, such as a name from a bogus Host header, is cut with "…", so it
+# cannot widen the column on every row. --json output is never cut.
+MAX_CELL_WIDTH = 64
 
 
 def display_width(text: str) -> int:
@@ -21,9 +26,29 @@ def display_width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
 
 
+def clip(text: str, width: int) -> str:
+    """Cut ``text`` to at most ``width`` terminal columns, ending a cut text with "…"."""
+    if display_width(text) <= width:
+        return text
+    shown_chars = []
+    used = 1  # the "…"
+    for char in text:
+        used += display_width(char)
+        if used > width:
+            break
+        shown_chars.append(char)
+    return "".join(shown_chars) + "…"
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[int] = ()) -> list[str]:
-    """Format rows under a header in aligned columns; columns listed in ``right`` are right-aligned."""
-    cells = [[str(cell) for cell in header]] + [[str(cell) for cell in row] for row in rows]
+    """Format rows under a header in aligned columns; columns listed in ``right`` are right-aligned.
+
+    Cells of every column but the last are cut to MAX_CELL_WIDTH. The last
+    column pads nothing, so it is shown whole.
+    """
+    last = len(header) - 1
+    cells = [[str(cell) for cell in header]]
+    cells += [[clip(str(cell), MAX_CELL_WIDTH) if column < last else str(cell) for column, cell in enumerate(row)] for row in rows]
     widths = [max(display_width(row[column]) for row in cells) for column in range(len(header))]
     lines = []
     for row in cells:

@@ -161,13 +161,14 @@ class RecordIndex:
 
 
 def index_records(
-    files: list[tuple[DecisionFile, int]], *, since: float, until: float, needle: bytes | None = None,
+    files: list[tuple[DecisionFile, int]], *, since: float, until: float, request_id: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RecordIndex:
     """Cut every record of ``files`` (each read up to its size) into a RecordIndex.
 
-    Records outside [since, until], or without ``needle`` in their bytes, are left out.
+    Records outside [since, until], or whose ``request_id`` field is not ``request_id`` (when given), are left out.
     """
+    needle = orjson.dumps(request_id) if request_id is not None else None
     index = RecordIndex()
     shape_ids: dict[Any, int] = {}
     vector_ids: dict[bytes, int] = {}
@@ -202,7 +203,9 @@ def index_records(
                         continue
                     ts, key, vector_key = parsed
 
-                if ts < since or ts > until or (needle is not None and needle not in line):
+                if ts < since or ts > until:
+                    continue
+                if needle is not None and not has_request_id(line, comma, needle, request_id):
                     continue
                 shape = shape_ids.get(key)
                 if shape is None:
@@ -222,3 +225,23 @@ def index_records(
         if reader.partial:
             index.partial.append(file)
     return index
+
+
+def has_request_id(line: bytes, comma: int, needle: bytes, request_id: str) -> bool:
+    """Tell whether a record's ``request_id`` field is ``request_id``, whose JSON encoding is ``needle``.
+
+    Another field (a name, a Host) can hold the same string, so a byte match
+    is only a pre-filter. The gateway writes ``request_id`` right after
+    ``ts``, so in a line that starts with ``{"ts":``, a match at ``comma``
+    (the first comma, which ends the number) is the field itself. Any other
+    line with the bytes is parsed and its field compared.
+    """
+    if needle not in line:
+        return False
+    if line.startswith(TS_MARKER) and comma > 0 and line.startswith(b',"request_id":' + needle + b",", comma):
+        return True
+    try:
+        fields = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(fields, dict) and fields.get("request_id") == request_id

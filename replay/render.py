@@ -40,7 +40,7 @@ i18n.define({
     "replay.skipped": ("skipped", "対象外"),
     "replay.skip_unreplayable": (
         "the record does not keep what the answer rested on (a repeated Host, an invalid hop header, a loop seen in Via)",
-        "判断の根拠（重複した Host、不正な hop ヘッダー、Via で検出したループ）が記録に残っていません",
+        "判断の根拠（重複した Host、不正な hop ヘッダー、Via で検出したループ）が判断レコードに残っていません",
     ),
     "replay.skip_before-history": (
         "the view was made of events that retention has deleted",
@@ -75,7 +75,7 @@ i18n.define({
     "replay.column_segments": ("SEGMENTS", "セグメント"),
     "replay.column_seqs": ("SEQS", "SEQ 範囲"),
     "replay.column_records": ("RECORDS", "レコード"),
-    "replay.column_compacted": ("COMPACTED", "削除済み"),
+    "replay.column_compacted": ("COMPACTED", "削除済み SEQ"),
     "replay.column_snapshot": ("SNAPSHOT", "スナップショット"),
     "replay.column_vector": ("VECTOR", "ベクター"),
     "replay.column_checked": ("FOLD CHECKED", "畳み込み照合"),
@@ -120,7 +120,7 @@ i18n.define({
     "replay.whatif_list": ("changed decisions ({shown} of {total}; --limit 0 lists all):", "変わる判断（{total} 件中 {shown} 件。--limit 0 ですべて表示）:"),
     "replay.because": ("because:       {reason}", "理由:          {reason}"),
     "replay.would_be": ("would be:      {answer}", "変更後:        {answer}"),
-    "replay.skipped_records": ("{count} records skipped (unreadable, or before the retained history)", "{count} 件のレコードは対象外（読めない、または保持期間外）"),
+    "replay.skipped_records": ("{count} records skipped (unreadable, or before the retained history)", "{count} 件の判断レコードは対象外（読めない、または保持期間外）"),
 })
 
 _VERDICTS = (Verdict.CONSISTENT, Verdict.STALE, Verdict.DIVERGENT)
@@ -177,6 +177,18 @@ def decisions_text(report: AuditReport, limit: int) -> list[str]:
     else:
         lines.append(i18n.text("replay.result_bad", divergent=report.counts[Verdict.DIVERGENT], corrupt=len(report.corrupt)))
     return lines
+
+
+def _shown(value: i18n.Message | str | None) -> str:
+    """Format a report value for text output: a catalogue message in the reader's language, anything else as it is."""
+    if isinstance(value, i18n.Message):
+        return value.render()
+    return "" if value is None else str(value)
+
+
+def _english(value: i18n.Message | None) -> str | None:
+    """Format a catalogue message for JSON output, which stays English."""
+    return str(value) if value is not None else None
 
 
 def _verdict_header(first: str) -> list[str]:
@@ -317,14 +329,15 @@ def verify_json(report: VerifyReport) -> list[str]:
 
 def state_text(report: StateReport) -> list[str]:
     lines = [i18n.text("replay.state_title", gateway=report.gateway, at=show_time(report.at), path=report.data_dir), ""]
-    rows = [[point.origin, point.seq, i18n.text(f"replay.basis_{point.basis}") + (f" ({point.source})" if point.source else "")] for point in report.points]
+    # A source names its kind (decision record or snapshot) itself.
+    rows = [[point.origin, point.seq, point.source.render() if point.source else i18n.text(f"replay.basis_{point.basis}")] for point in report.points]
     lines += table([i18n.text("replay.column_origin"), i18n.text("replay.column_seq"), i18n.text("replay.column_basis")], rows, right=(0, 1))
     lines.append("")
     if report.expired is None:
         lines.append(i18n.text("replay.expired_unknown"))
     else:
         origins = ", ".join(map(str, report.expired)) or i18n.text("replay.none")
-        lines.append(i18n.text("replay.expired_origins", origins=origins, source=report.expired_source))
+        lines.append(i18n.text("replay.expired_origins", origins=origins, source=_shown(report.expired_source)))
     lines.append("")
     expired = set(report.expired or ())
     if report.containers:
@@ -354,8 +367,8 @@ def state_json(report: StateReport) -> list[str]:
     lines.append(json_line({
         "kind": "view", "gateway": report.gateway, "dataDir": str(report.data_dir), "at": show_time(report.at),
         "vector": {point.origin: point.seq for point in report.points},
-        "basis": {point.origin: {"basis": point.basis, "source": point.source} for point in report.points},
-        "expired": list(report.expired) if report.expired is not None else None, "expiredSource": report.expired_source,
+        "basis": {point.origin: {"basis": point.basis, "source": _english(point.source)} for point in report.points},
+        "expired": list(report.expired) if report.expired is not None else None, "expiredSource": _english(report.expired_source),
         "conflicts": {name: [c.id for c in holders] for name, holders in report.conflicts.items()},
         "origin": report.origin_filter,
     }))
@@ -370,7 +383,7 @@ def timeline_text(report: TimelineReport) -> list[str]:
     if not report.rows:
         return lines + [i18n.text("replay.no_history", name=report.name)]
     header = [i18n.text(f"replay.column_{key}") for key in ("time", "host", "event", "container", "address", "detail")]
-    rows = [[show_time(row.ts), f"h{row.host}", row.event, (row.container_id or "-")[:12], row.address or "-", row.detail] for row in report.rows]
+    rows = [[show_time(row.ts), f"h{row.host}", row.event, (row.container_id or "-")[:12], row.address or "-", _shown(row.detail)] for row in report.rows]
     return lines + table(header, rows)
 
 
@@ -402,7 +415,7 @@ def whatif_text(report: WhatIfReport, limit: int) -> list[str]:
             lines.append(f"{show_time(difference.ts)}  {difference.name or '-'}  {difference.request_id}  {difference.source}")
             lines.append("  " + i18n.text("replay.recorded", answer=difference.recorded.describe()))
             lines.append("  " + i18n.text("replay.would_be", answer=difference.replayed.describe()))
-            lines.append("  " + i18n.text("replay.because", reason=difference.reason))
+            lines.append("  " + i18n.text("replay.because", reason=difference.reason.render()))
     return lines
 
 
@@ -410,7 +423,7 @@ def whatif_json(report: WhatIfReport) -> list[str]:
     lines = [
         json_line({
             "kind": "difference", "time": show_time(d.ts), "ts": d.ts, "requestId": d.request_id, "name": d.name, "source": d.source,
-            "recorded": _result(d.recorded), "wouldBe": _result(d.replayed), "reason": d.reason,
+            "recorded": _result(d.recorded), "wouldBe": _result(d.replayed), "reason": str(d.reason),
         })
         for d in report.differences
     ]

@@ -33,7 +33,7 @@ i18n.define({
     "replay.no_host_id": (
         "cannot tell which host wrote {path}: it has no snapshot, no own events and no local decision;"
         " give the gateway's config with --config",
-        "{path} をどのホストが書いたか判別できません（スナップショット、自ホストのイベント、ローカルの判定がありません）。"
+        "{path} をどのホストが書いたか判別できません（スナップショット、自ホストのイベント、decision が local の判断レコードがありません）。"
         "--config でゲートウェイの設定を指定してください",
     ),
     "replay.config_other_dir": (

@@ -39,6 +39,8 @@ i18n.define({
         "{at} のビューは起点 {origin} の保持履歴より前です。保持期間により seq {base} までのイベントが削除され、"
         "それを含む最古のスナップショットは {first} に書かれました。より後の時刻を指定してください",
     ),
+    "replay.source_decision": ("decision record {location} at {time}", "判断レコード {location}、{time}"),
+    "replay.source_snapshot": ("snapshot {name} of {time}", "スナップショット {name}、{time}"),
 })
 
 
@@ -51,7 +53,8 @@ class OriginPoint:
     # "decision" or "snapshot" (a record at or before the time), "events" (the origin's event times),
     # or "capped" (event times, limited by a record after the time).
     basis: str
-    source: str | None
+    # The decision record or snapshot that shows the seq, for the "decision" and "snapshot" bases.
+    source: i18n.Message | None
 
 
 @dataclasses.dataclass
@@ -61,7 +64,7 @@ class StateReport:
     at: float
     points: list[OriginPoint]
     expired: tuple[int, ...] | None
-    expired_source: str | None
+    expired_source: i18n.Message | None
     containers: list[Container]
     conflicts: dict[str, list[Container]]
     origin_filter: int | None
@@ -69,15 +72,15 @@ class StateReport:
 
 @dataclasses.dataclass
 class _Bounds:
-    lower: dict[int, tuple[int, str, str]] = dataclasses.field(default_factory=dict)
+    lower: dict[int, tuple[int, str, i18n.Message | None]] = dataclasses.field(default_factory=dict)
     upper: dict[int, int] = dataclasses.field(default_factory=dict)
     expired: tuple[int, ...] | None = None
     expired_ts: float = -math.inf
-    expired_source: str | None = None
+    expired_source: i18n.Message | None = None
     # The latest record at or before the time asked: when, what kind, which.
     evidence_ts: float = -math.inf
     evidence_basis: str = ""
-    evidence_source: str | None = None
+    evidence_source: i18n.Message | None = None
 
 
 def view_at(data_dir: DataDir, gateway: int, at: float, *, origin: int | None = None, history: History | None = None) -> StateReport:
@@ -89,12 +92,12 @@ def view_at(data_dir: DataDir, gateway: int, at: float, *, origin: int | None = 
     _bounds_from_decisions(data_dir, at, bounds)
     for snapshot in snapshot_list:
         created = event_seconds(snapshot.created_at)
-        source = f"snapshot {snapshot.path.name if snapshot.path else '?'} of {snapshot.created_at}"
+        source = i18n.Message("replay.source_snapshot", name=snapshot.path.name if snapshot.path else "?", time=snapshot.created_at)
         for each, seq in snapshot.vector.items():
             if created <= at:
                 if created >= bounds.evidence_ts:
                     bounds.evidence_ts, bounds.evidence_basis, bounds.evidence_source = created, "snapshot", source
-                if seq > bounds.lower.get(each, (0, "", ""))[0]:
+                if seq > bounds.lower.get(each, (0, "", None))[0]:
                     bounds.lower[each] = (seq, "snapshot", source)
             elif seq < bounds.upper.get(each, math.inf):
                 bounds.upper[each] = seq
@@ -144,12 +147,12 @@ def _bounds_from_decisions(data_dir: DataDir, at: float, bounds: _Bounds) -> Non
             seqs = vectors[keys.vector_key] = parse_vector(keys.vector_key)
         if not seqs:
             continue
-        source = f"decision {keys.file.path.name}:{keys.number} at {show_time(keys.ts)}"
+        source = i18n.Message("replay.source_decision", location=f"{keys.file.path.name}:{keys.number}", time=show_time(keys.ts))
         if keys.ts <= at:
             if keys.ts >= bounds.evidence_ts:
                 bounds.evidence_ts, bounds.evidence_basis, bounds.evidence_source = keys.ts, "decision", source
             for each, seq in seqs.items():
-                if seq > bounds.lower.get(each, (0, "", ""))[0]:
+                if seq > bounds.lower.get(each, (0, "", None))[0]:
                     bounds.lower[each] = (seq, "decision", source)
             if keys.ts >= bounds.expired_ts:
                 fields = shape_fields(keys.shape_key) or {}

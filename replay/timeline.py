@@ -14,27 +14,55 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from flatnet import i18n
 from flatnet.registry import Container
 from flatnet.replay.datadir import DataDir
 from flatnet.replay.history import Change, History, NameHistory, build_history, rank
 from flatnet.replay.records import scan_records, shape_fields
 from flatnet.replay.times import show_time
 
+i18n.define({
+    "replay.detail_replaced": (
+        "instance created {created} replaces {previous}",
+        "{created} に作成されたインスタンスが {previous} のものを置き換えました",
+    ),
+    "replay.detail_conflict": (
+        "also held by {holders}, and {winner} wins",
+        "{holders} も保持しています。{winner} が優先されます",
+    ),
+    "replay.detail_moved": (
+        "from h{origin}, {seconds:.3f} s after its removal there",
+        "h{origin} から移動（h{origin} での削除から {seconds:.3f} 秒後）",
+    ),
+    "replay.detail_renamed": ("renamed to {hostname}", "{hostname} に名前を変更"),
+    "replay.detail_expired": (
+        "h{origin} was silent past the ttl, so requests were not routed to it",
+        "h{origin} は ttl を過ぎても応答がないため、転送先から外れました",
+    ),
+    "replay.detail_live": ("h{origin} heard from again", "h{origin} から再び応答がありました"),
+})
+
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One thing that happened to the name."""
+    """One thing that happened to the name.
+
+    ``detail`` is a catalogue message, shown in the reader's language, or a
+    value from the log (a removal's reason) shown as it is.
+    """
 
     ts: float
     host: int
     event: str
     container_id: str | None
     address: str | None
-    detail: str
+    detail: i18n.Message | str
     seq: int | None = None
 
     def to_dict(self) -> dict[str, object]:
-        document = dataclasses.asdict(self)
+        """Return the row for JSON output, with ``detail`` in English."""
+        document = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        document["detail"] = str(self.detail)
         document["time"] = show_time(self.ts)
         return document
 
@@ -76,27 +104,31 @@ def _log_rows(history: History, name: str) -> list[Row]:
         removed = change.before if change.before is not None and name in change.before.names else None
 
         if added is not None and removed is not None:
-            rows.append(_row(change, "replaced", added, f"instance created {added.created_at} replaces {removed.created_at}"))
+            detail = i18n.Message("replay.detail_replaced", created=added.created_at, previous=removed.created_at)
+            rows.append(_row(change, "replaced", added, detail))
         elif added is not None:
             if others:
                 winner = rank(name, [*others, *holding[change.origin]])[0]
                 holders = ", ".join(f"h{container.host_id} ({container.id[:12]})" for container in others)
-                rows.append(_row(change, "conflict", added, f"also held by {holders}; h{winner.host_id} ({winner.id[:12]}) wins"))
+                winning = f"h{winner.host_id} ({winner.id[:12]})"
+                rows.append(_row(change, "conflict", added, i18n.Message("replay.detail_conflict", holders=holders, winner=winning)))
             elif last_removal is not None and last_removal[0] != change.origin:
-                rows.append(_row(change, "moved", added, f"from h{last_removal[0]}, {change.seconds - last_removal[1]:.3f} s after its removal there"))
+                origin, removed_at = last_removal
+                detail = i18n.Message("replay.detail_moved", origin=origin, seconds=change.seconds - removed_at)
+                rows.append(_row(change, "moved", added, detail))
             else:
                 rows.append(_row(change, "added", added, ""))
         elif removed is not None:
             detail = change.reason or ""
             if change.after is not None:
-                detail = f"renamed to {change.after.hostname}"
+                detail = i18n.Message("replay.detail_renamed", hostname=change.after.hostname)
             rows.append(_row(change, "removed", removed, detail))
             if not holding[change.origin] and before:
                 last_removal = (change.origin, change.seconds)
     return rows
 
 
-def _row(change: Change, event: str, container: Container, detail: str) -> Row:
+def _row(change: Change, event: str, container: Container, detail: i18n.Message | str) -> Row:
     return Row(change.seconds, container.host_id, event, container.id, container.ip, detail, change.seq)
 
 
@@ -128,10 +160,11 @@ def _liveness_rows(data_dir: DataDir, history: History, name: str) -> list[Row]:
             holders = _held_at(named, origin, history, ts)
             if holders:
                 reported.add(origin)
-                rows.append(Row(ts, origin, "expired", holders[0].id, holders[0].ip, f"h{origin} silent past the ttl; not routed to"))
+                detail = i18n.Message("replay.detail_expired", origin=origin)
+                rows.append(Row(ts, origin, "expired", holders[0].id, holders[0].ip, detail))
         for origin in sorted((previous - expired) & reported):
             reported.discard(origin)
-            rows.append(Row(ts, origin, "live", None, None, f"h{origin} heard from again"))
+            rows.append(Row(ts, origin, "live", None, None, i18n.Message("replay.detail_live", origin=origin)))
         previous = expired
     return rows
 

@@ -32,6 +32,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from flatnet import i18n
 from flatnet.gateway.decisions import Decision
 from flatnet.gateway.settings import Settings
 from flatnet.replay.audit import AuditOptions, make_shape, same_route
@@ -41,6 +42,25 @@ from flatnet.replay.output import Progress
 from flatnet.replay.records import parse_vector, scan_records, shape_fields
 from flatnet.replay.routing import Result, Replayer, quiet_proxy_logger
 from flatnet.replay.settings import ReplaySettings
+
+i18n.define({
+    "replay.reason_resync": (
+        "a resync every {resync:g} s would have brought origin {origin} to seq {seq}",
+        "{resync:g} 秒ごとの再同期があれば、起点 {origin} は seq {seq} まで進んでいました",
+    ),
+    "replay.reason_past_ttl": (
+        "h{origin} silent {silent:.1f} s, past the ttl of {ttl:g} s",
+        "h{origin} は {silent:.1f} 秒応答がなく、ttl {ttl:g} 秒を過ぎています",
+    ),
+    "replay.reason_within_ttl": (
+        "h{origin} silent {silent:.1f} s, within the ttl of {ttl:g} s",
+        "h{origin} の無応答は {silent:.1f} 秒で、ttl {ttl:g} 秒以内です",
+    ),
+    "replay.reason_threshold": (
+        "the stale policy's threshold moved with the ttl",
+        "stale ポリシーのしきい値が ttl とともに変わりました",
+    ),
+})
 
 _ROUTED = frozenset({Decision.PEER.value, Decision.STALE_RETRY.value})
 
@@ -63,7 +83,8 @@ class Difference:
     source: str
     recorded: Result
     replayed: Result
-    reason: str
+    # Catalogue messages: str() gives the English text, render() the reader's language.
+    reason: i18n.Joined | i18n.Message
 
 
 @dataclasses.dataclass
@@ -191,7 +212,7 @@ def _replay_one(
     own = trial.host_id
     silences = {origin: liveness.silence(origin, keys.ts) for origin in history.spans if origin != own}
     expired = frozenset(origin for origin, silent in silences.items() if silent >= trial.ttl)
-    reasons = []
+    reasons: list[i18n.Message | str] = []
     trial_seqs = dict(seqs)
     if timers.resync is not None:
         for origin, span in history.spans.items():
@@ -200,11 +221,11 @@ def _replay_one(
             caught_up = min(span.seq_known_by(keys.ts - timers.resync), span.head)
             if caught_up > trial_seqs.get(origin, 0):
                 trial_seqs[origin] = caught_up
-                reasons.append(f"a resync every {timers.resync:g} s would have brought origin {origin} to seq {caught_up}")
+                reasons.append(i18n.Message("replay.reason_resync", resync=timers.resync, origin=origin, seq=caught_up))
     for origin in sorted(expired - shape.request.expired):
-        reasons.append(f"h{origin} silent {silences[origin]:.1f} s, past the ttl of {trial.ttl:g} s")
+        reasons.append(i18n.Message("replay.reason_past_ttl", origin=origin, silent=silences[origin], ttl=trial.ttl))
     for origin in sorted(shape.request.expired - expired):
-        reasons.append(f"h{origin} silent {silences.get(origin, 0.0):.1f} s, within the ttl of {trial.ttl:g} s")
+        reasons.append(i18n.Message("replay.reason_within_ttl", origin=origin, silent=silences.get(origin, 0.0), ttl=trial.ttl))
 
     request = dataclasses.replace(shape.request, expired=expired, owner_silent=None)
     trial_holders = history.holders(shape.name, trial_seqs) if shape.name is not None else ()
@@ -214,7 +235,7 @@ def _replay_one(
     report.transitions[(before.decision, after.decision)] += 1
     report.differences.append(Difference(
         keys.ts, _request_id(keys.line), shape.name, f"{keys.file.path.name}:{keys.number}", before, after,
-        "; ".join(reasons) or "the stale policy's threshold moved with the ttl",
+        i18n.Joined(reasons) if reasons else i18n.Message("replay.reason_threshold"),
     ))
 
 

@@ -363,6 +363,29 @@ def test_filters_pick_time_name_and_request(fleet):
     assert _audit(fleet, request_id=records[3].request_id).audited == 1
 
 
+def test_request_id_filter_reads_only_that_field(fleet):
+    fleet.add(2, "web", at=START)
+    fleet.deliver()
+    for second in range(1, 5):
+        fleet.request("web", at=START + second)
+    fleet.close()
+
+    def reuse_the_name(records):
+        # X-Request-Id is the client's free text, so it can equal a container name.
+        records[1]["request_id"] = "web"
+        # A record laid out otherwise (request_id last) is compared after parsing.
+        del records[3]["request_id"]
+        records[3]["request_id"] = "web"
+
+    _rewrite(fleet, reuse_the_name)
+    report = _audit(fleet, request_id="web")
+
+    assert report.audited == 2
+    assert report.first_ts == START + 2
+    assert report.last_ts == START + 4
+    assert _audit(fleet, request_id="nosuch").audited == 0
+
+
 def test_several_processes_give_the_same_report(fleet):
     web = fleet.add(2, "web", at=START)
     fleet.deliver()

@@ -2,6 +2,7 @@
 
 import importlib
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,23 @@ def test_replay_message_has_both_languages_and_placeholders(key):
     assert _placeholders(english) == _placeholders(japanese)
     if _literal_letters(english) >= SHORT_LABEL_LETTERS:
         assert any("\u3040" <= ch <= "\u30ff" or "\u4e00" <= ch <= "\u9fff" for ch in japanese), japanese
+
+
+def test_decision_record_has_one_japanese_term():
+    root = Path(__file__).resolve().parents[2]
+    japanese_docs = [root / "README.ja.md", *sorted((root / "docs").glob("*.ja.md"))]
+
+    for key, (english, japanese) in REPLAY.items():
+        assert "判断記録" not in japanese, key
+        if "decision record" in english:
+            assert "判断レコード" in japanese, key
+    for path in japanese_docs:
+        assert "判断記録" not in path.read_text(), path
+
+
+def test_compacted_column_says_deleted():
+    # The column shows the last seq that retention deleted: nothing is compressed.
+    japanese = REPLAY["replay.column_compacted"][1]
+
+    assert "削除" in japanese
+    assert "圧縮" not in japanese

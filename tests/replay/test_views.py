@@ -98,8 +98,8 @@ def test_timeline_names_add_remove_move_conflict_and_expiry(fleet):
     assert [(row.event, row.host) for row in rows] == [
         ("added", 2), ("removed", 2), ("moved", 3), ("conflict", 1), ("expired", 3), ("live", 3),
     ]
-    assert rows[2].detail == "from h2, 1.000 s after its removal there"
-    assert rows[3].detail.endswith("h1 (" + rows[3].container_id[:12] + ") wins")
+    assert str(rows[2].detail) == "from h2, 1.000 s after its removal there"
+    assert str(rows[3].detail).endswith("h1 (" + rows[3].container_id[:12] + ") wins")
 
 
 def test_timeline_of_an_unknown_name_is_empty(fleet):
@@ -130,7 +130,7 @@ def test_shorter_ttl_expires_a_silent_owner(fleet):
     assert report.decisions == 3
     assert [(difference.recorded.decision, difference.replayed.decision) for difference in report.differences] == [("peer", "expired")]
     assert report.differences[0].ts == START + 70
-    assert "h2 silent 70.0 s, past the ttl of 60 s" in report.differences[0].reason
+    assert "h2 silent 70.0 s, past the ttl of 60 s" in str(report.differences[0].reason)
 
 
 def test_resync_would_have_avoided_a_stale_decision(fleet):
@@ -145,7 +145,7 @@ def test_resync_would_have_avoided_a_stale_decision(fleet):
 
     assert [difference.ts for difference in report.differences] == [START + 40]
     assert report.transitions == {("peer", "not-found"): 1}
-    assert "a resync every 20 s would have brought origin 2 to seq 2" in report.differences[0].reason
+    assert "a resync every 20 s would have brought origin 2 to seq 2" in str(report.differences[0].reason)
 
 
 def test_same_timers_change_nothing(fleet):
