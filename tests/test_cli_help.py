@@ -184,7 +184,7 @@ def test_console_script_help_in_english():
     result = _run_flatnet("lab", "stop", "--help", locale=ENGLISH_LOCALE)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: flatnet lab stop [-h] HOST {gateway,nebula}")
+    assert result.stdout.startswith("usage: flatnet lab stop [-h] HOST SERVICE")
     assert "positional arguments:" in result.stdout
     assert i18n.text("lab.help_stop", japanese=False) in " ".join(result.stdout.split())
     assert not _has_japanese(result.stdout)
@@ -203,7 +203,7 @@ def test_invalid_choice_in_japanese():
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.startswith("使い方: flatnet lab stop")
-    assert "flatnet lab stop: エラー: 引数 service: 無効な選択肢です: 'podman'" in result.stderr
+    assert "flatnet lab stop: エラー: 引数 SERVICE: 無効な選択肢です: 'podman'" in result.stderr
     assert "（'gateway', 'nebula' から選んでください）" in result.stderr
     assert "invalid choice" not in result.stderr
 
@@ -212,7 +212,7 @@ def test_invalid_choice_in_english():
     result = _run_flatnet("lab", "stop", "h1", "podman", locale=ENGLISH_LOCALE)
 
     assert result.returncode == 2
-    assert "argument service: invalid choice: 'podman' (choose from 'gateway', 'nebula')" in result.stderr
+    assert "argument SERVICE: invalid choice: 'podman' (choose from 'gateway', 'nebula')" in result.stderr
 
 
 def test_unknown_command_in_japanese():

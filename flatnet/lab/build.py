@@ -55,8 +55,20 @@ i18n.define({
         "--join-later {host}: ホスト {host} は Nebula のライトハウスなので、最初からフリートに入っている必要があります",
     ),
     "lab.exists": (
-        "a lab already exists ({evidence}); run `flatnet lab down` first",
-        "ラボがすでに存在します（{evidence}）。先に `flatnet lab down` を実行してください",
+        "a lab already exists ({evidence}); run `{command}` first",
+        "ラボがすでに存在します（{evidence}）。先に `{command}` を実行してください",
+    ),
+    "lab.running_elsewhere": (
+        "a lab built in {owner} is running ({evidence}), and only one lab runs at a time;"
+        " take it down first with `{command}`",
+        "{owner} で構築したラボが稼働中です（{evidence}）。同時に動かせるラボは 1 つだけです。"
+        "先に `{command}` で削除してください",
+    ),
+    "lab.owner_missing": (
+        "lab namespaces exist ({evidence}), but no lab directory is recorded as their owner;"
+        " remove them first with `flatnet lab down --force`",
+        "ラボの名前空間が存在します（{evidence}）が、所有するラボのディレクトリが記録されていません。"
+        "先に `flatnet lab down --force` で削除してください",
     ),
     "lab.dir_foreign": (
         "{path} is not empty and was not made by `flatnet lab up`; choose another directory"
@@ -125,12 +137,21 @@ def _reject_existing_lab(paths: LabPaths) -> None:
     leftovers = namespaces.lab_namespaces()
     if leftovers:
         evidence = ", ".join(f"/run/netns/{name}" for name in leftovers)
-        raise FlatnetError(i18n.text("lab.exists", evidence=evidence))
+        owner = namespaces.recorded_owner()
+        if owner is None and paths.state_file.exists():
+            # A lab built before flatnet recorded owners: its lab.json is the only evidence.
+            owner = paths.root
+        if owner is None:
+            raise FlatnetError(i18n.text("lab.owner_missing", evidence=evidence))
+        command = f"{layout.lab_dir_assignment(owner)}flatnet lab down"
+        key = "lab.exists" if owner == paths.root else "lab.running_elsewhere"
+        raise FlatnetError(i18n.text(key, owner=owner, evidence=evidence, command=command))
     if not paths.root.is_dir() or not any(paths.root.iterdir()):
         return
     if paths.state_file.exists() or paths.marker.exists():
         evidence = paths.state_file if paths.state_file.exists() else paths.root
-        raise FlatnetError(i18n.text("lab.exists", evidence=evidence))
+        command = f"{layout.lab_dir_assignment(paths.root)}flatnet lab down"
+        raise FlatnetError(i18n.text("lab.exists", evidence=evidence, command=command))
     raise FlatnetError(i18n.text("lab.dir_foreign", path=paths.root))
 
 
@@ -162,6 +183,7 @@ def up(
     paths.marker.touch()
     lab_state = state.new_state(paths, settings, IMAGE)
     state.write_state(paths, lab_state)
+    namespaces.record_owner(paths.root)
     try:
         _build(paths, lab_state, progress)
     except BaseException:

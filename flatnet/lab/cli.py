@@ -41,6 +41,12 @@ i18n.define({
     "lab.joined": ("{host} joined the fleet", "{host} がフリートに参加しました"),
     "lab.left": ("{host} left the fleet", "{host} がフリートから外れました"),
     "lab.help_down": ("remove the lab's containers, processes, namespaces and files", "ラボのコンテナー、プロセス、名前空間、ファイルを削除します"),
+    "lab.help_force": (
+        "take down the running lab even if another lab directory, or none, is recorded as its owner;"
+        " stops every process in the lab's namespaces",
+        "所有者として記録されたラボのディレクトリが別のものでも、記録がなくても、稼働中のラボを削除します。"
+        "ラボの名前空間内のプロセスはすべて停止します",
+    ),
     "lab.help_status": ("show hosts, addresses, processes and gateway health; exit status 1 unless all are up", "ホスト、アドレス、プロセス、ゲートウェイの状態を表示します。すべて正常でなければ終了ステータス 1"),
     "lab.help_json": ("print JSON instead of a table", "表の代わりに JSON を出力します"),
     "lab.help_exec": ("run a command in a host's namespace with its podman configuration", "ホストの名前空間でそのホストの podman 設定を使ってコマンドを実行します"),
@@ -49,7 +55,7 @@ i18n.define({
     "lab.help_stop": ("stop a host's gateway or Nebula by its recorded PID", "記録した PID でホストのゲートウェイまたは Nebula を停止します"),
     "lab.help_start": ("start a host's gateway or Nebula and wait until it is ready", "ホストのゲートウェイまたは Nebula を起動し、準備完了まで待ちます"),
     "lab.help_host": ("h1, h2, …", "h1、h2、…"),
-    "lab.help_service": ("which process", "対象のプロセス"),
+    "lab.help_service": ("which process: gateway or nebula", "対象のプロセス（gateway または nebula）"),
     "lab.no_command": ("missing command: give it after --, e.g. `flatnet lab exec h1 -- podman ps`", "コマンドがありません。-- の後に指定してください（例: `flatnet lab exec h1 -- podman ps`）"),
     "lab.stopped": ("stopped {service} of {host}", "{host} の {service} を停止しました"),
     "lab.was_stopped": ("{service} of {host} was not running", "{host} の {service} は動いていませんでした"),
@@ -86,6 +92,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     up.set_defaults(run=run_up)
 
     down = add_command(actions, "down", i18n.text("lab.help_down"))
+    down.add_argument("--force", action="store_true", help=i18n.text("lab.help_force"))
     down.set_defaults(run=run_down)
 
     status = add_command(actions, "status", i18n.text("lab.help_status"))
@@ -105,7 +112,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     for name, help_key, run in (("stop", "lab.help_stop", run_stop), ("start", "lab.help_start", run_start)):
         action = add_command(actions, name, i18n.text(help_key))
         action.add_argument("host", metavar="HOST", help=i18n.text("lab.help_host"))
-        action.add_argument("service", choices=SERVICES, help=i18n.text("lab.help_service"))
+        # The metavar names the argument in the usage line and in argparse's invalid-choice error alike.
+        action.add_argument("service", choices=SERVICES, metavar="SERVICE", help=i18n.text("lab.help_service"))
         action.set_defaults(run=run)
 
 
@@ -139,7 +147,7 @@ def run_leave(args: argparse.Namespace) -> int:
 def run_down(args: argparse.Namespace) -> int:
     from flatnet.lab.teardown import down
 
-    down(progress=_print)
+    down(force=args.force, progress=_print)
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def default_lab_dir() -> Path:
     """Return the lab directory: $FLATNET_LAB_DIR if set, else /var/lib/flatnet-lab, made absolute."""
     configured = os.environ.get(LAB_DIR_VARIABLE)
     return Path(configured).absolute() if configured else DEFAULT_LAB_DIR
+
+
+def lab_dir_assignment(lab_dir: Path) -> str:
+    """Return ``FLATNET_LAB_DIR=<lab_dir> `` to put before a command that must act on ``lab_dir``.
+
+    Return "" when the command reaches ``lab_dir`` without it: ``lab_dir`` is the default
+    directory and FLATNET_LAB_DIR is unset here.
+    """
+    if lab_dir == DEFAULT_LAB_DIR and LAB_DIR_VARIABLE not in os.environ:
+        return ""
+    return f"{LAB_DIR_VARIABLE}={shlex.quote(str(lab_dir))} "
 
 
 def host_name(host_id: int) -> str:

@@ -37,6 +37,10 @@ T = TypeVar("T")
 
 _CLONE_NEWNET = 0x40000000
 _NETNS_DIR = Path("/run/netns")
+# The lab directory whose `lab up` created the running lab's namespaces. The namespace names are
+# fixed, so one lab runs at a time. `lab down` deletes the file with the namespaces, and because
+# /run is a tmpfs, a reboot removes both as well.
+OWNER_FILE = Path("/run/flatnet-lab-owner")
 _LAB_NETNS = re.compile(r"^flatnet-(lan|client|rm|[hw][0-9]+)$")
 # Python 3.11 has neither os.setns nor socket.IP_FREEBIND (both arrived in 3.12).
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -57,6 +61,24 @@ def lab_namespaces() -> list[str]:
     if not _NETNS_DIR.is_dir():
         return []
     return sorted(entry.name for entry in _NETNS_DIR.iterdir() if _LAB_NETNS.match(entry.name))
+
+
+def record_owner(lab_dir: Path) -> None:
+    """Record ``lab_dir`` as the owner of the lab namespaces about to be created."""
+    OWNER_FILE.write_text(f"{lab_dir}\n")
+
+
+def recorded_owner() -> Path | None:
+    """Return the lab directory recorded as the owner of the lab namespaces, or None if there is none."""
+    try:
+        text = OWNER_FILE.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return Path(text) if text else None
+
+
+def forget_owner() -> None:
+    OWNER_FILE.unlink(missing_ok=True)
 
 
 def create(netns: str) -> None:

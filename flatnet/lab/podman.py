@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from flatnet.errors import FlatnetError
-from flatnet.lab import layout, namespaces
+from flatnet.lab import config, layout, namespaces
 from flatnet.lab.layout import LabPaths
 from flatnet.lab.processes import nsenter_argv, run_command
 from flatnet.logs import lab as log
 
 REMOVE_TIMEOUT_SECONDS = 120.0
+# libcni's cache of each attachment's result, which a CNI DEL removes (podman 4.3's default).
+CNI_RESULTS_DIR = Path("/var/lib/cni/results")
 
 
 def podman_env(paths: LabPaths, name: str) -> dict[str, str]:
@@ -72,20 +76,26 @@ def remove_lab_containers(paths: LabPaths, configured_hosts: Iterable[int]) -> t
     used instead, because a CNI plugin must never run in the root namespace. ``-t 0`` spares
     podman's 10 s stop timeout for containers whose PID 1 ignores SIGTERM, as busybox httpd does.
     """
+    removed, problems, _ = _remove_containers(paths, configured_hosts)
+    return removed, problems
+
+
+def _remove_containers(paths: LabPaths, configured_hosts: Iterable[int]) -> tuple[int, list[str], list[str]]:
+    """Do the work of remove_lab_containers, and also return the IDs of the removed containers."""
     with_conf = [host for host in configured_hosts if paths.containers_conf(layout.host_name(host)).exists()]
     if not with_conf:
-        return 0, []
+        return 0, [], []
     lister = layout.host_name(with_conf[0])
     lister_netns = layout.netns_name(lister)
     if not namespaces.exists(lister_netns):
         lister_netns = _scratch_netns()
 
-    removed = 0
+    removed_ids: list[str] = []
     problems: list[str] = []
     try:
         by_host = list_lab_containers(paths, lister, lister_netns)
     except FlatnetError as error:
-        return 0, [str(error)]
+        return 0, [str(error)], []
 
     for host_id, container_ids in sorted(by_host.items()):
         name = layout.host_name(host_id)
@@ -102,7 +112,33 @@ def remove_lab_containers(paths: LabPaths, configured_hosts: Iterable[int]) -> t
         except FlatnetError as error:
             problems.append(str(error))
         else:
-            removed += len(container_ids)
+            removed_ids += container_ids
+    return len(removed_ids), problems, removed_ids
+
+
+def remove_containers_without_lab_dir(host_ids: Iterable[int]) -> tuple[int, list[str]]:
+    """Remove every lab container after the lab directory, with each host's containers.conf, was deleted.
+
+    Return what remove_lab_containers returns. Each host gets a stand-in containers.conf in a
+    temporary directory, with an empty network config dir. podman finds no flatnet network
+    there, so it removes each container without a CNI DEL. That DEL would have no lab files
+    left to update, and the container's veth goes with its host's namespace. libcni's cached
+    result would stay, so it is deleted here.
+    """
+    host_ids = list(host_ids)
+    with tempfile.TemporaryDirectory(prefix="flatnet-lab-down-") as scratch:
+        stand_in = LabPaths(Path(scratch))
+        stand_in.cni_bin_dir.mkdir()
+        for host_id in host_ids:
+            name = layout.host_name(host_id)
+            stand_in.host_dir(name).mkdir()
+            stand_in.cni_config_dir(name).mkdir()
+            conf = config.render_containers_conf(stand_in, host_id, [stand_in.cni_bin_dir])
+            stand_in.containers_conf(name).write_text(conf)
+        removed, problems, container_ids = _remove_containers(stand_in, host_ids)
+    for container_id in container_ids:
+        for cached in CNI_RESULTS_DIR.glob(f"{layout.NETWORK_NAME}-{container_id}-*"):
+            cached.unlink(missing_ok=True)
     return removed, problems
 
 

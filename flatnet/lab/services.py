@@ -5,11 +5,13 @@ started and how the lab checks that it is ready.
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flatnet import i18n
 from flatnet.errors import FlatnetError
@@ -33,6 +35,15 @@ i18n.define({
         "{host} のゲートウェイが {seconds} 秒以内に {url} へ 200 で応答しませんでした（最後の結果: {last}）。"
         "{log} の末尾:\n{tail}",
     ),
+    "lab.health_refused": ("connection to {address} refused", "{address} への接続が拒否されました"),
+    "lab.health_timeout": (
+        "no answer from {address} within {seconds} s", "{address} から {seconds} 秒以内に応答がありません",
+    ),
+    "lab.health_unreachable": ("no route to {address}", "{address} への経路がありません"),
+    "lab.health_failed": (
+        "connection to {address} failed ({error})", "{address} への接続に失敗しました（{error}）",
+    ),
+    "lab.health_no_answer": ("no answer", "応答なし"),
 })
 
 NEBULA_START_SECONDS = 10.0
@@ -127,11 +138,16 @@ def wait_nebula_ready(startup: Startup, *, timeout: float = NEBULA_START_SECONDS
 
 @dataclass(frozen=True)
 class Health:
-    """The result of one GET /api/health: the HTTP status and JSON body, or why it failed."""
+    """The result of one GET /api/health: the HTTP status and JSON body, or why it failed.
+
+    ``error`` is the English OSError text, for JSON output, and ``message`` is a catalogue
+    message in the locale's language, for a person.
+    """
 
     status: int | None
     body: object = None
     error: str | None = None
+    message: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -140,7 +156,19 @@ class Health:
     def describe(self) -> str:
         if self.status is not None:
             return f"HTTP {self.status}"
-        return self.error or "no answer"
+        return self.message or self.error or i18n.text("lab.health_no_answer")
+
+
+def describe_connection_error(error: OSError, address: str, timeout: float) -> str:
+    """Return a catalogue message for ``error``, raised while connecting to ``address``."""
+    if isinstance(error, ConnectionRefusedError):
+        return i18n.text("lab.health_refused", address=address)
+    if isinstance(error, TimeoutError):
+        return i18n.text("lab.health_timeout", address=address, seconds=timeout)
+    if error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return i18n.text("lab.health_unreachable", address=address)
+    name = errno.errorcode.get(error.errno or 0, type(error).__name__)
+    return i18n.text("lab.health_failed", address=address, error=name)
 
 
 def gateway_health(host_id: int, *, timeout: float = 1.0, url: str | None = None) -> Health:
@@ -150,7 +178,8 @@ def gateway_health(host_id: int, *, timeout: float = 1.0, url: str | None = None
     try:
         response = namespaces.http_get(netns, url, timeout=timeout)
     except OSError as error:
-        return Health(status=None, error=str(error) or type(error).__name__)
+        message = describe_connection_error(error, urlsplit(url).netloc, timeout)
+        return Health(status=None, error=str(error) or type(error).__name__, message=message)
     try:
         body: object = json.loads(response.body)
     except ValueError:

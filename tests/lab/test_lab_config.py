@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
 import tomllib
@@ -12,7 +13,7 @@ import yaml
 
 from flatnet.cli import build_parser
 from flatnet.errors import FlatnetError
-from flatnet.lab import config, layout
+from flatnet.lab import config, layout, services
 from flatnet.lab.build import validate_settings
 from flatnet.lab.config import LabSettings
 from flatnet.lab.image import REQUIRED_APPLETS, START_PATH, big_file_bytes, write_root_tree
@@ -321,6 +322,48 @@ def test_stop_accepts_only_known_services(capsys):
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["lab", "stop", "h2", "podman"])
+
+
+def test_invalid_service_error_names_usage_metavar(capsys, monkeypatch):
+    monkeypatch.setenv("LC_ALL", "C")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lab", "stop", "h1", "foo"])
+
+    usage, error = capsys.readouterr().err.strip().splitlines()
+    assert usage == "usage: flatnet lab stop [-h] HOST SERVICE"
+    assert "argument SERVICE: invalid choice: 'foo'" in error
+
+
+def test_down_accepts_force():
+    assert build_parser().parse_args(["lab", "down"]).force is False
+    assert build_parser().parse_args(["lab", "down", "--force"]).force is True
+
+
+def test_lab_dir_assignment_only_when_needed(monkeypatch, tmp_path):
+    monkeypatch.delenv("FLATNET_LAB_DIR", raising=False)
+    assert layout.lab_dir_assignment(Path("/var/lib/flatnet-lab")) == ""
+    assert layout.lab_dir_assignment(tmp_path / "my lab") == f"FLATNET_LAB_DIR='{tmp_path}/my lab' "
+
+    monkeypatch.setenv("FLATNET_LAB_DIR", str(tmp_path))
+    assert layout.lab_dir_assignment(Path("/var/lib/flatnet-lab")) == "FLATNET_LAB_DIR=/var/lib/flatnet-lab "
+
+
+@pytest.mark.parametrize(("language", "expected"), [
+    ("C", "connection to {address} refused"),
+    ("ja_JP.UTF-8", "{address} への接続が拒否されました"),
+])
+def test_refused_connection_is_described_in_locale(monkeypatch, language, expected):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    host, port = listener.getsockname()
+    listener.close()  # nothing listens on the port now, so a connection is refused
+    address = f"{host}:{port}"
+    monkeypatch.setenv("LC_ALL", language)
+
+    with pytest.raises(ConnectionRefusedError) as raised:
+        socket.create_connection((host, port), timeout=1)
+
+    assert services.describe_connection_error(raised.value, address, 1.0) == expected.format(address=address)
 
 
 def test_up_defaults():

@@ -73,6 +73,7 @@ def test_failed_up_removes_what_it_made(tmp_path, monkeypatch):
     assert "gateway" in message
     assert "gateway cannot start" in message
     assert namespaces.lab_namespaces() == []
+    assert not namespaces.OWNER_FILE.exists()
     assert not (tmp_path / "lab").exists()
 
 
@@ -98,6 +99,42 @@ def test_up_over_existing_lab_is_rejected(lab):
         build.up(hosts=2, lab_dir=lab.paths.root)
 
     assert "flatnet lab down" in str(raised.value)
+
+
+def test_up_records_lab_dir_as_owner(lab):
+    assert namespaces.recorded_owner() == lab.paths.root
+
+
+def test_up_in_other_dir_names_running_lab(lab, tmp_path):
+    other = tmp_path / "other"
+
+    with pytest.raises(FlatnetError) as raised:
+        build.up(hosts=2, lab_dir=other)
+
+    assert f"`FLATNET_LAB_DIR={lab.paths.root} flatnet lab down`" in str(raised.value)
+    assert not other.exists()
+
+
+def _flatnet(*args: str, lab_dir, language: str = "C") -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLATNET_LAB_DIR": str(lab_dir), "LC_ALL": language}
+    return subprocess.run([sys.executable, "-m", "flatnet", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _lab_pids(lab) -> list[int]:
+    lab.reload()
+    return [record.pid for member in lab.state.hosts for record in member.processes.values()]
+
+
+def test_down_of_other_dir_leaves_lab_running(lab, tmp_path):
+    result = _flatnet("lab", "down", lab_dir=tmp_path / "other")
+
+    assert result.returncode == 1
+    assert f"`FLATNET_LAB_DIR={lab.paths.root} flatnet lab down`" in result.stderr
+    assert "namespaces deleted" not in result.stdout
+    assert namespaces.lab_namespaces() == LAB_NAMESPACES
+    for pid in _lab_pids(lab):
+        assert not _ended(pid), pid
+    assert namespaces.recorded_owner() == lab.paths.root
 
 
 @pytest.mark.parametrize(("host", "address"), [("h1", "10.100.0.1/24"), ("h2", "10.100.0.2/24")])
@@ -211,6 +248,19 @@ def test_start_of_running_process_is_rejected(lab):
     assert "already running" in str(raised.value)
 
 
+def test_status_describes_refused_health_in_japanese(lab):
+    lab.stop("h1", "gateway")
+    try:
+        result = _flatnet("lab", "status", lab_dir=lab.paths.root, language="ja_JP.UTF-8")
+    finally:
+        lab.start("h1", "gateway")
+
+    h1_line = next(line for line in result.stdout.splitlines() if line.startswith("h1 "))
+    assert result.returncode == 1
+    assert h1_line.endswith("10.100.0.1:8080 への接続が拒否されました")
+    assert "Errno" not in result.stdout
+
+
 def test_gateway_stop_and_start_on_h1(lab):
     assert lab.stop("h1", "gateway") is True
     assert not lab.health("h1").ok
@@ -239,6 +289,7 @@ def test_down_removes_everything(lab):
     print(f"lab down: {time.monotonic() - started:.2f} s")
 
     assert namespaces.lab_namespaces() == []
+    assert not namespaces.OWNER_FILE.exists()
     assert not lab.paths.root.exists()
     for pid in pids:
         assert _ended(pid), command_line(pid)
@@ -249,3 +300,67 @@ def test_down_removes_everything(lab):
         assert not os.path.exists(f"/var/lib/cni/results/{layout.NETWORK_NAME}-{container_id}-eth0")
 
     teardown.down(lab_dir=lab.paths.root)
+
+
+def _probe_conf(lab, directory) -> dict[str, str]:
+    """Return an environment whose podman lists the lab's containers but writes only under ``directory``.
+
+    podman creates the network config dir and the events log that its configuration names.
+    """
+    conf = directory / "probe-containers.conf"
+    conf.write_text(lab.paths.containers_conf("h1").read_text().replace(str(lab.paths.root), str(directory / "probe")))
+    return {**os.environ, "CONTAINERS_CONF": str(conf)}
+
+
+def test_down_removes_lab_whose_dir_is_gone(tmp_path):
+    _require_lab()
+    lab_dir = tmp_path / "gone"
+    lab = build.up(hosts=2, lab_dir=lab_dir)
+    try:
+        lab.run_web("h2", "web-gone")
+        container_id = lab.podman("h2", "inspect", "--format", "{{.Id}}", "web-gone").stdout.strip()
+        pids = _lab_pids(lab)
+        probe_env = _probe_conf(lab, tmp_path)
+        shutil.rmtree(lab_dir)
+
+        refused = _flatnet("lab", "down", lab_dir=tmp_path / "other")
+        result = _flatnet("lab", "down", lab_dir=lab_dir)
+    finally:
+        teardown.down(lab_dir=lab_dir, force=True)
+
+    assert refused.returncode == 1
+    assert f"`FLATNET_LAB_DIR={lab_dir} flatnet lab down`" in refused.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "containers removed (1)" in result.stdout
+    assert namespaces.lab_namespaces() == []
+    assert not namespaces.OWNER_FILE.exists()
+    for pid in pids:
+        assert _ended(pid), command_line(pid)
+    exists = subprocess.run(["podman", "container", "exists", container_id], env=probe_env, timeout=60)
+    assert exists.returncode == 1
+    assert not os.path.exists(f"/var/lib/cni/results/{layout.NETWORK_NAME}-{container_id}-eth0")
+
+
+def test_force_removes_lab_without_owner(tmp_path):
+    _require_lab()
+    lab_dir = tmp_path / "unowned"
+    lab = build.up(hosts=2, lab_dir=lab_dir)
+    try:
+        pids = _lab_pids(lab)
+        # A lab whose directory and owner record are both gone: nothing names its directory.
+        namespaces.forget_owner()
+        shutil.rmtree(lab_dir)
+
+        refused = _flatnet("lab", "down", lab_dir=tmp_path / "other")
+        namespaces_after_refusal = namespaces.lab_namespaces()
+        result = _flatnet("lab", "down", "--force", lab_dir=tmp_path / "other")
+    finally:
+        teardown.down(lab_dir=lab_dir, force=True)
+
+    assert refused.returncode == 1
+    assert "`flatnet lab down --force`" in refused.stderr
+    assert namespaces_after_refusal == LAB_NAMESPACES
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert namespaces.lab_namespaces() == []
+    for pid in pids:
+        assert _ended(pid), command_line(pid)
