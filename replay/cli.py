@@ -84,7 +84,6 @@ i18n.define({
         "--since {since}（{since_time}）が --until {until}（{until_time}）より後なので、該当する判断はありません。"
         "--since には --until より前の時刻を指定してください",
     ),
-    "replay.config_missing": ("config {path} not found; give an existing gateway config with --config", "設定 {path} が見つかりません。--config で既存のゲートウェイ設定を指定してください"),
     "replay.bad_seconds": (
         "invalid {option} {value!r}: give a number of seconds above 0, e.g. {option} 30",
         "{option} {value!r} が不正です。0 より大きい秒数を指定してください（例: {option} 30）",
@@ -192,7 +191,11 @@ def _open(args: argparse.Namespace):
         _check_data_dir_option(Path(args.data_dir))
     config = Path(args.config) if args.config else None
     if config is not None and not config.is_file():
-        raise UsageError(i18n.text("replay.config_missing", path=config))
+        # The same wording as every other command that reads the config.
+        from flatnet.gateway import config_errors  # noqa: F401 (defines the messages)
+
+        key = "config.is_directory" if config.is_dir() else "config.not_found"
+        raise UsageError(i18n.text(key, path=config))
     if config is None and not args.data_dir:
         if not DEFAULT_CONFIG.is_file():
             if not DEFAULT_DATA_DIR.is_dir():

@@ -135,7 +135,8 @@ def test_what_if_runs_and_reports(history):
     (["decisions", "--limit", "-3"], "invalid --limit '-3'"),
     (["what-if"], "what-if needs at least one setting to try"),
     (["what-if", "--ttl", "0"], "invalid --ttl '0'"),
-    (["decisions", "--config", "/nonexistent/gateway.toml"], "config /nonexistent/gateway.toml not found"),
+    (["decisions", "--config", "/nonexistent/gateway.toml"], "gateway config /nonexistent/gateway.toml not found"),
+    (["decisions", "--config", "/tmp"], "gateway config /tmp is a directory"),
 ])
 def test_bad_usage_exits_two_naming_the_value(history, argv, message):
     result = _run(*argv, "--data-dir", str(history.data_dir))
