@@ -2,7 +2,9 @@
 
 Usage: make bench-log. Options: --events N (events in the folded log, default
 1,000,000), --live N (live containers at its end, default 60,000), --seconds S
-(length of each append run, default 1), --repeats N (default 3).
+(length of each append run, default 1), --repeats N (default 3), --no-aliases
+(added events without aliases; by default each carries two, the container's
+name and its 12-character id, the shape podman's aliases take).
 
 Everything happens in a temporary directory on the disk that contains /tmp,
 which this script removes at the end; nothing touches the network.
@@ -59,7 +61,7 @@ WRITERS = (1, 8, 64)
 NODE = "5f0c6a52-3a0e-4c59-9d0b-1f2d6f0d9a11"
 
 
-def make_added(origin: int, seq: int, number: int, host: int, ts: str) -> Event:
+def make_added(origin: int, seq: int, number: int, host: int, ts: str, aliases: bool = True) -> Event:
     data = {
         "id": uuid.UUID(int=random.getrandbits(128)).hex + uuid.UUID(int=random.getrandbits(128)).hex,
         "ip": f"10.100.{origin}.{host}",
@@ -69,6 +71,8 @@ def make_added(origin: int, seq: int, number: int, host: int, ts: str) -> Event:
         "createdAt": ts,
         "ifname": "eth0",
     }
+    if aliases:
+        data["aliases"] = [data["hostname"], data["id"][:12]]
     return Event(origin, seq, ts, NODE, 1, str(uuid.UUID(int=random.getrandbits(128))), CONTAINER_ADDED, 1, data)
 
 
@@ -77,7 +81,7 @@ def make_removed(origin: int, seq: int, container_id: str, ts: str) -> Event:
     return Event(origin, seq, ts, NODE, 1, str(uuid.UUID(int=random.getrandbits(128))), CONTAINER_REMOVED, 1, data)
 
 
-def write_history(data_dir: Path, events: int, live: int) -> tuple[int, int]:
+def write_history(data_dir: Path, events: int, live: int, aliases: bool = True) -> tuple[int, int]:
     """Write a log of ``events`` events ending with ``live`` live containers; return (events, live)."""
     random.seed(20261204)
     log = EventLog(data_dir)
@@ -102,7 +106,7 @@ def write_history(data_dir: Path, events: int, live: int) -> tuple[int, int]:
                 origin = random.randint(1, ORIGINS)
             host = free[origin].pop(random.randrange(len(free[origin])))
             seqs[origin] += 1
-            event = make_added(origin, seqs[origin], number, host, ts)
+            event = make_added(origin, seqs[origin], number, host, ts, aliases)
             alive.append((origin, event.data["id"], host))
             pending[origin].append(event)
         if len(pending[origin]) >= 2000:
@@ -265,6 +269,7 @@ def main() -> int:
     parser.add_argument("--live", type=int, default=60_000, help="live containers at the end of the log (default 60,000)")
     parser.add_argument("--seconds", type=float, default=1.0, help="seconds of each append run (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; medians are reported (default 3)")
+    parser.add_argument("--no-aliases", action="store_true", help="write added events without aliases (default: two aliases each)")
     parser.add_argument("--measure-once", nargs=2, metavar=("MEASURE", "DATA_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure_once:
@@ -287,7 +292,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
     data_dir = workdir / "history"
     print(f"writing a log of {args.events:,} events ...", file=sys.stderr)
-    events, live = write_history(data_dir, args.events, args.live)
+    events, live = write_history(data_dir, args.events, args.live, aliases=not args.no_aliases)
     log_mb = sum(path.stat().st_size for path in data_dir.glob("log/*/*.jsonl")) / 2**20
 
     print("folding ...", file=sys.stderr)
@@ -317,6 +322,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         ("appends/s, group commit, 64 writers", f"{appends['group', 64]:,.0f}"),
         ("group commit / fsync per event, 64 writers", f"{appends['group', 64] / appends['fsync', 64]:.1f}x"),
         (f"log folded: events / live containers / MiB", f"{events:,} / {live:,} / {log_mb:,.0f}"),
+        ("aliases per added event", "0" if args.no_aliases else "2"),
         (f"fold events/s, orjson, {processes} processes (gateway start)", f"{fold_rate:,.0f}"),
         ("fold events/s, orjson, 1 process", f"{fold_one:,.0f}"),
         ("fold events/s, stdlib json, 1 process (reference)", f"{fold_stdlib:,.0f}"),
@@ -330,6 +336,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     print(f"{'measure':<{width}}  median of {args.repeats}")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} cores, load average {load:.2f} at the end")
 
     print(json.dumps({
         "append_fsync_per_s_1": round(appends["fsync", 1]),
@@ -340,6 +348,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         "append_group_per_s_64": round(appends["group", 64]),
         "group_over_fsync_64": round(appends["group", 64] / appends["fsync", 64], 1),
         "fold_events": events,
+        "aliases_per_added_event": 0 if args.no_aliases else 2,
         "fold_events_per_s": round(fold_rate),
         "fold_processes": processes,
         "fold_one_process_per_s": round(fold_one),
@@ -350,6 +359,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         "containers": from_snapshot[0]["containers"],
         "view_rss_mb": round(view_rss, 1),
         "process_rss_mb": round(process_rss, 1),
+        "load_average": round(load, 2),
     }))
     return 0
 

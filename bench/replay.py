@@ -2,7 +2,9 @@
 
 Usage: make bench-replay. Options: --decisions N (default 1,000,000), --events N
 (default 100,000), --origins N (default 10), --repeats N (default 3),
---sample N (decisions the reference replays, default 20,000).
+--sample N (decisions the reference replays, default 20,000), --no-aliases (added
+events without aliases; by default each carries two, the container's name and its
+12-character id, the shape podman's aliases take).
 
 Everything happens in a temporary directory on the disk of /tmp, removed at
 the end. Nothing touches the network.
@@ -78,10 +80,10 @@ DECISION_FILE_BYTES = 64 << 20
 NODE = "0b6f3e1c-45a7-4c3e-8f0e-2a1d9c7b5e44"
 
 
-def generate(data_dir: Path, decisions: int, events: int, origins: int) -> dict[str, int]:
+def generate(data_dir: Path, decisions: int, events: int, origins: int, aliases: bool = True) -> dict[str, int]:
     """Write the data directory described in the module docstring; return what it holds."""
     rng = random.Random(20261204)
-    event_list = _events(rng, events, origins)
+    event_list = _events(rng, events, origins, aliases)
 
     log = EventLog(data_dir)
     by_origin: dict[int, list[Event]] = {}
@@ -99,7 +101,7 @@ def generate(data_dir: Path, decisions: int, events: int, origins: int) -> dict[
     return {"events": len(event_list), "decisions": written}
 
 
-def _events(rng: random.Random, count: int, origins: int) -> list[Event]:
+def _events(rng: random.Random, count: int, origins: int, aliases: bool) -> list[Event]:
     """Containers coming and going on every origin: mostly redeployed on their own host, some moved, a few clashing."""
     seqs = {origin: 0 for origin in range(1, origins + 1)}
     live: dict[int, dict[str, tuple[str, str, int]]] = {origin: {} for origin in seqs}
@@ -141,6 +143,9 @@ def _events(rng: random.Random, count: int, origins: int) -> list[Event]:
         held[container_id] = (name, ts, number)
         data = {"id": container_id, "ip": f"10.100.{origin}.{number}", "hostname": name, "ports": [80],
                 "hostId": origin, "createdAt": ts, "ifname": "eth0"}
+        if aliases:
+            # Two aliases, the shape podman's take: the container's name and its 12-character id.
+            data["aliases"] = [name, container_id[:12]]
         events.append(Event(origin, seqs[origin], ts, NODE, 1, str(uuid.UUID(int=rng.getrandbits(128))), CONTAINER_ADDED, 1, data))
     return events
 
@@ -319,13 +324,14 @@ def main() -> None:
     parser.add_argument("--origins", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sample", type=int, default=20_000)
+    parser.add_argument("--no-aliases", action="store_true", help="write added events without aliases (default: two aliases each)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="flatnet-bench-replay-"))
     try:
         data_dir = root / "data"
         started = time.perf_counter()
-        held = generate(data_dir, args.decisions, args.events, args.origins)
+        held = generate(data_dir, args.decisions, args.events, args.origins, aliases=not args.no_aliases)
         generated = time.perf_counter() - started
         decision_bytes = sum(path.stat().st_size for path in (data_dir / "decisions").iterdir())
         print(f"generated {held['decisions']:,} decisions ({decision_bytes / 1e6:.0f} MB) over {held['events']:,} events"
@@ -364,6 +370,7 @@ def main() -> None:
             "decisions": report.audited,
             "events": verified.records,
             "origins": args.origins,
+            "aliases_per_added_event": 0 if args.no_aliases else 2,
             "repeats": args.repeats,
             "decisions_seconds_median": round(statistics.median(decision_times), 3),
             "decisions_per_s": round(decisions_per_s),

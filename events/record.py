@@ -246,24 +246,6 @@ class BadLine(RecordError):
         self.records: list[dict[str, Any]] = []
 
 
-def _ports_are_valid(ports: Any) -> bool:
-    if type(ports) is not list:
-        return False
-    for port in ports:
-        if type(port) is not int or not 0 < port < 65536:
-            return False
-    return True
-
-
-def _aliases_are_strings(aliases: Any) -> bool:
-    if type(aliases) is not list:
-        return False
-    for alias in aliases:
-        if type(alias) is not str or not alias:
-            return False
-    return True
-
-
 def decode_lines(lines: list[bytes], origin: int, first_seq: int) -> list[dict[str, Any]]:
     """Decode whole record lines (without their newlines) that must be ``origin``'s
     records from ``first_seq`` on, one seq after the other; return their fields
@@ -292,15 +274,31 @@ def decode_lines(lines: list[bytes], origin: int, first_seq: int) -> list[dict[s
                 if fields["seq"] == expected and fields["origin"] == origin and type(fields["ts"]) is str and fields["v"] == 1:
                     event_type = fields["type"]
                     if event_type == CONTAINER_ADDED:
-                        ports = data.get("ports")
-                        aliases = data.get("aliases")
                         valid = (
                             type(data["id"]) is str and type(data["ip"]) is str and type(data["hostname"]) is str
                             and type(data["hostId"]) is int
                             and type(data.get("createdAt", "")) is str and type(data.get("ifname", "")) is str
-                            and (ports is None or ports == [] or _ports_are_valid(ports))
-                            and (aliases is None or aliases == [] or _aliases_are_strings(aliases))
                         )
+                        # The lists are checked in place, because a call per list
+                        # costs more than the check of a short list.
+                        ports = data.get("ports")
+                        if valid and ports is not None and ports != []:
+                            if type(ports) is list:
+                                for port in ports:
+                                    if type(port) is not int or not 0 < port < 65536:
+                                        valid = False
+                                        break
+                            else:
+                                valid = False
+                        aliases = data.get("aliases")
+                        if valid and aliases is not None and aliases != []:
+                            if type(aliases) is list:
+                                for alias in aliases:
+                                    if type(alias) is not str or not alias:
+                                        valid = False
+                                        break
+                            else:
+                                valid = False
                     elif event_type == CONTAINER_REMOVED:
                         valid = type(data["id"]) is str and type(data.get("createdAt", "")) is str
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -164,9 +164,18 @@ class View:
         Events. Inside :meth:`deferred_indexes`, the indexes are built once at
         the end instead of per event.
         """
+        # The rules of _add and _remove, written out in one loop, because this
+        # runs once per record at start-up and the calls per record cost about
+        # a fifth of the fold (1.44 against 1.18 CPU us per record, 2 aliases
+        # each, bench/log.py's log). Canonical times compare as strings here,
+        # and any other form goes through _is_before.
         vector = self.vector
-        add = self._add
-        remove = self._remove
+        containers_by_origin = self._origins
+        tombstones_by_origin = self._tombstones
+        cutoff = self.tombstone_cutoff
+        cutoff_is_canonical = len(cutoff) == _CANONICAL_TIME_LENGTH and cutoff[-1] == "Z"
+        indexing = self._indexing
+        make = tuple.__new__
         count = 0
         for batch in batches:
             for fields in batch:
@@ -176,9 +185,85 @@ class View:
                     continue
                 event_type = fields["type"]
                 if event_type == CONTAINER_ADDED:
-                    add(origin, seq, fields["ts"], fields["data"])
+                    ts = fields["ts"]
+                    data = fields["data"]
+                    container_id = data["id"]
+                    created_at = data.get("createdAt") or ts
+                    held = containers_by_origin.get(origin)
+                    current = held.get(container_id) if held is not None else None
+                    if current is not None:
+                        held_since = current.created_at
+                        if (
+                            created_at < held_since
+                            if len(created_at) == len(held_since) == _CANONICAL_TIME_LENGTH and created_at[-1] == held_since[-1] == "Z"
+                            else _is_before(created_at, held_since)
+                        ):
+                            vector[origin] = seq
+                            count += 1
+                            continue
+                    ports = data.get("ports")
+                    hostname = data["hostname"].lower()
+                    aliases = data.get("aliases")
+                    container = make(Container, (
+                        container_id,
+                        data["ip"],
+                        hostname,
+                        tuple(ports) if ports else (),
+                        data["hostId"],
+                        created_at,
+                        data.get("ifname") or "eth0",
+                        origin,
+                        seq,
+                        _normal_aliases(aliases, hostname) if aliases else (),
+                    ))
+                    tombstones = tombstones_by_origin.get(origin)
+                    if tombstones is not None:
+                        tombstone = tombstones.get(container_id)
+                        if tombstone is not None:
+                            if not _is_before(tombstone.created_at, created_at):
+                                # The instance this tombstone removed, or an older one, coming back late.
+                                vector[origin] = seq
+                                count += 1
+                                continue
+                            del tombstones[container_id]
+                    if held is None:
+                        held = containers_by_origin[origin] = {}
+                    if current is not None:
+                        del held[container_id]
+                        if indexing:
+                            self._unindex(current)
+                    held[container_id] = container
+                    if indexing:
+                        self._index(container)
                 elif event_type == CONTAINER_REMOVED:
-                    remove(origin, seq, fields["ts"], fields["data"])
+                    ts = fields["ts"]
+                    data = fields["data"]
+                    container_id = data["id"]
+                    held = containers_by_origin.get(origin)
+                    # Only the origin that added a container can remove it.
+                    current = held.get(container_id) if held is not None else None
+                    if current is not None:
+                        instance = data.get("createdAt")
+                        held_since = current.created_at
+                        if instance is not None:
+                            removes = instance == held_since
+                        elif len(ts) == len(held_since) == _CANONICAL_TIME_LENGTH and ts[-1] == held_since[-1] == "Z":
+                            removes = ts >= held_since
+                        else:
+                            removes = not _is_before(ts, held_since)
+                        if removes:
+                            del held[container_id]
+                            if indexing:
+                                self._unindex(current)
+                            if not cutoff or not (
+                                ts < cutoff
+                                if cutoff_is_canonical and len(ts) == _CANONICAL_TIME_LENGTH and ts[-1] == "Z"
+                                else _is_before(ts, cutoff)
+                            ):
+                                tombstones = tombstones_by_origin.get(origin)
+                                if tombstones is None:
+                                    tombstones = tombstones_by_origin[origin] = {}
+                                tombstones[container_id] = make(Tombstone, (container_id, origin, seq, held_since, ts))
                 else:
                     raise ValueError(f"view cannot apply event type {event_type!r}")
                 vector[origin] = seq
@@ -539,9 +624,12 @@ def _ranks_above(container: Container, other: Container) -> bool:
 def _normal_aliases(aliases: list[str], hostname: str) -> tuple[str, ...]:
     lowered = [alias.lower() for alias in aliases]
     if hostname not in lowered and len(set(lowered)) == len(lowered):
-        # The plugin's aliases are already like this, so the fold usually stops here.
         return tuple(lowered)
-    return tuple(alias for alias in dict.fromkeys(lowered) if alias != hostname)
+    # An alias equal to the hostname (the container's name, when the runtime
+    # passes it as an alias) or a repeated one takes this way.
+    unique = dict.fromkeys(lowered)
+    unique.pop(hostname, None)
+    return tuple(unique)
 
 
 def state_entry(container: Container) -> list[Any]:

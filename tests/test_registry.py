@@ -734,6 +734,23 @@ def test_bulk_fold_equals_event_fold(data):
     assert state(view) == state(fold(events))
 
 
+@given(data=interleaved_events(), cutoff=st.sampled_from(["", EARLY, MIDDAY, "2026-12-04T13:00:00+01:00"]))
+def test_indexed_bulk_fold_equals_event_fold(data, cutoff):
+    # Indexes kept per event, and removals before a tombstone cutoff
+    # (canonical or another ISO form) leaving no tombstone.
+    _, events = data
+    bulk, expected = View(), View()
+    if cutoff:
+        bulk.prune_tombstones(cutoff)
+        expected.prune_tombstones(cutoff)
+
+    bulk.fold_batches([[event.as_dict() for event in events]])
+    expected.apply_all(events)
+
+    assert state(bulk) == state(expected)
+    assert bulk.tombstone_count() == expected.tombstone_count()
+
+
 @given(data=interleaved_events())
 def test_name_index_matches_a_scan(data):
     _, events = data
