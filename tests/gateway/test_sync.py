@@ -212,10 +212,12 @@ def test_backstop_repairs_stalled_stream(fleet):
     wait_until(lambda: is_following(gateways[1], [2]), 15, "gateway 1 to follow gateway 2")
     repairs = gateways[1].health()["peers"]["2"]["repairs"]
 
-    rules = stall_streams(gateways[1], [2])
+    # The backstop's own checks may have left a keep-alive connection beside the stream. A stalled one
+    # times out its next check after 3 s, and the check after it opens a new connection.
+    rules = stall_streams(gateways[1], [2], pooled_too=True)
     try:
         gateways[2].add_container("during-stall", "10.100.2.11")
-        wait_until(lambda: "during-stall" in _names(gateways[1]), 10, "the backstop to pull during-stall")
+        wait_until(lambda: "during-stall" in _names(gateways[1]), 15, "the backstop to pull during-stall")
         assert gateways[1].health()["peers"]["2"]["state"] == "connected"
     finally:
         unstall(gateways[1].netns, rules)
