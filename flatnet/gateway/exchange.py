@@ -237,7 +237,11 @@ class Exchange:
                     upgrade = value
                 continue
             lines.append(name + b": " + value + b"\r\n")
-        if connection is not None and connection_tokens({b"connection": [connection]}) - _PLAIN_CONNECTION:
+        # Most responses carry just "Connection: keep-alive" (or close), which names no header.
+        if (
+            connection is not None and connection.lower() not in _PLAIN_CONNECTION
+            and connection_tokens({b"connection": [connection]}) - _PLAIN_CONNECTION
+        ):
             # Rare: the response names headers of its own as hop-by-hop.
             kept = forwardable(headers, {b"connection": [connection]}, _RESPONSE_SET)
             lines[1:] = [name + b": " + value + b"\r\n" for name, value in kept]

@@ -41,6 +41,8 @@ class UpstreamPool:
         self._idle: dict[tuple[str, int], collections.deque[UpstreamConnection]] = {}
         self._sweeper: asyncio.Handle | None = None
         self._closed = False
+        # In CPython 3.11 asyncio.get_running_loop() makes a getpid() system call, and put() runs once per request.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def take(self, address: tuple[str, int]) -> UpstreamConnection | None:
         """Return an idle connection to ``address``, or None when there is none."""
@@ -71,10 +73,13 @@ class UpstreamPool:
         if self._closed or len(idle) >= UPSTREAM_IDLE_PER_TARGET:
             connection.close()
             return
-        connection.idle_since = asyncio.get_running_loop().time()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        connection.idle_since = loop.time()
         idle.append(connection)
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self.idle_seconds, self._sweep)
+            self._sweeper = loop.call_later(self.idle_seconds, self._sweep)
 
     def discard(self, connection: UpstreamConnection) -> None:
         idle = self._idle.get(connection.address)
