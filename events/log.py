@@ -365,7 +365,7 @@ class OriginLog:
         self._writer = open(path, "ab")
         self._writer_size = self._writer.tell()
         if new_file:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
             self._segments.append(path)
 
     def _close_writer(self) -> None:
@@ -507,7 +507,7 @@ class OriginLog:
         os.replace(temporary, marker)
         for path in deletable:
             path.unlink()
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         self.compacted_through = through
         self._segments = self._segments[len(deletable):]
         return deletable
@@ -592,7 +592,7 @@ class EventLog:
             file.write(f"{seq}\n")
             file.flush()
             os.fsync(file.fileno())
-        _fsync_directory(directory)
+        fsync_directory(directory)
         return self.origin(origin)
 
     def archive_origin(self, origin: int) -> Path | None:
@@ -613,7 +613,7 @@ class EventLog:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         target = archive / f"{origin}-{stamp}"
         os.rename(directory, target)
-        _fsync_directory(self.root)
+        fsync_directory(self.root)
         return target
 
     def vector(self) -> dict[int, int]:
@@ -637,7 +637,8 @@ def _offset_of(lines: list[bytes], index: int) -> int:
     return sum(len(line) + 1 for line in lines[:index])
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Make the names created, renamed or removed in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from flatnet.events.log import fsync_directory
+
 FORMAT = "flatnet-snapshot"
 VERSION = 1
 SUFFIX = ".json"
@@ -148,7 +150,7 @@ def write_snapshot(directory: Path, snapshot: Snapshot) -> Snapshot:
     finally:
         os.close(fd)
     os.rename(temporary, path)
-    _fsync_directory(directory)
+    fsync_directory(directory)
     return dataclasses.replace(snapshot, path=path)
 
 
@@ -178,17 +180,9 @@ def prune_snapshots(directory: Path, keep: int) -> list[Path]:
     for path in old:
         path.unlink()
     if old:
-        _fsync_directory(directory)
+        fsync_directory(directory)
     return old
 
 
 def _number(path: Path) -> int:
     return int(path.stem)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

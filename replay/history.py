@@ -13,15 +13,14 @@ order of vectors: no view is folded again per decision.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import dataclasses
-import gc
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from flatnet.events import snapshot as snapshots
 from flatnet.events.record import CONTAINER_ADDED
+from flatnet.gateway.rebuild import gc_paused
 from flatnet.registry import Container, View, state_entry
 from flatnet.replay.datadir import DataDir, OriginFiles
 from flatnet.replay.times import event_seconds
@@ -177,23 +176,6 @@ def build_history(data_dir: DataDir, snapshot_list: list[snapshots.Snapshot] | N
     return history
 
 
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for the body.
-
-    Replay makes millions of objects and no reference cycles, so the collector
-    would scan them again and again and free nothing. The gateway's start-up
-    fold pauses it for the same reason (see flatnet/gateway/rebuild.py).
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _fold_origin(history: History, data_dir: DataDir, files: OriginFiles, snapshot_list: list[snapshots.Snapshot]) -> None:
     origin = files.origin
     view, base = origin_base(origin, files, snapshot_list)
@@ -284,7 +266,7 @@ def _fold_records(
                 data.get("reason") if fields["type"] != CONTAINER_ADDED else None, before, after,
             )
             changes.append(change)
-            # Every name, hostname or alias, that the container held before or holds after.
+            # Every name, hostname or alias, that the container had before or has after.
             if before is None:
                 names: tuple[str, ...] = after.names
             elif after is None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import os
 import pickle
 import zlib
@@ -32,6 +31,7 @@ import orjson
 
 from flatnet.events import record
 from flatnet.events import snapshot as snapshots
+from flatnet.gateway.rebuild import gc_paused
 from flatnet.registry import View, ViewStateError, canonical_time
 from flatnet.replay.datadir import DataDir, OriginFiles
 from flatnet.replay.output import Progress
@@ -127,24 +127,20 @@ def verify(data_dir: DataDir, *, processes: int | None = None, progress_label: s
 
     sizes = {files.origin: sum(path.stat().st_size for path in files.segments) for files in origin_files}
     progress = Progress(progress_label, sum(sizes.values()))
-    was_enabled = gc.isenabled()
-    # Checking makes millions of short-lived objects and no cycles.
-    gc.disable()
     try:
-        processes = processes or os.cpu_count() or 1
-        if processes > 1 and sum(sizes.values()) >= PARALLEL_MIN_BYTES and len(origin_files) > 1:
-            results = _check_in_processes(origin_files, plans, sizes, processes, progress)
-        else:
-            results = []
-            done = 0
-            for files in origin_files:
-                results.append(_check_origin(files, plans[files.origin]))
-                done += sizes[files.origin]
-                progress.update(done)
+        with gc_paused():
+            processes = processes or os.cpu_count() or 1
+            if processes > 1 and sum(sizes.values()) >= PARALLEL_MIN_BYTES and len(origin_files) > 1:
+                results = _check_in_processes(origin_files, plans, sizes, processes, progress)
+            else:
+                results = []
+                done = 0
+                for files in origin_files:
+                    results.append(_check_origin(files, plans[files.origin]))
+                    done += sizes[files.origin]
+                    progress.update(done)
     finally:
         progress.close()
-        if was_enabled:
-            gc.enable()
 
     checked: dict[int, list[int]] = {index: [] for index in range(len(loaded))}
     unchecked: dict[int, list[int]] = {index: [] for index in range(len(loaded))}
