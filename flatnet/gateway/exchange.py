@@ -346,22 +346,9 @@ class Exchange:
             if self._replay is not None and self.route.attempt == 1:
                 self._body = list(self._replay)
                 self._buffered = sum(map(len, self._body))
-                self._task = self.loop.create_task(self._reconnect())
+                self._task = self.loop.create_task(self._connect(self.route))
                 return
         self.upstream_failed(UpstreamFailure.CLOSED, "upstream closed the connection before the response ended")
-
-    async def _reconnect(self) -> None:
-        try:
-            connection = await self.client.pool.connect(self.route.address)
-        except UpstreamError as error:
-            self._task = None
-            self._answer(self.client.router.failure_answer(self, error.failure, error.detail))
-            return
-        self._task = None
-        if self.state is ExchangeState.DONE:
-            connection.close()
-            return
-        self._send(connection, reused=False)
 
     def upstream_failed(self, failure: UpstreamFailure, detail: str) -> None:
         self._cancel_timer()

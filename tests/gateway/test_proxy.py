@@ -422,6 +422,36 @@ def test_pipelined_requests_are_answered_in_order(world):
 # Across hosts
 
 
+def test_pooled_connection_closed_is_retried_once(world):
+    # Each connection answers its first request and closes on the second without
+    # answering, as a container that dropped an idle keep-alive connection does.
+    connections = []
+
+    async def serve(reader, writer):
+        connections.append(writer)
+        number = len(connections)
+        await reader.readuntil(b"\r\n\r\n")
+        body = f"connection {number}\n".encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    gateways = world.start()
+    add_address(world.netns, "10.100.1.10")
+    server = world.loop.run(asyncio.start_server(serve, "10.100.1.10", 8001))
+    try:
+        gateways[1].add_container("flaky", "10.100.1.10", ports=[8001])
+
+        first = world.request(f"{gateways[1].proxy}/", host="flaky.flatnet")
+        second = world.request(f"{gateways[1].proxy}/", host="flaky.flatnet")
+    finally:
+        server.close()
+
+    assert (first[0], first[2]) == (200, b"connection 1\n")
+    assert (second[0], second[2]) == (200, b"connection 2\n")
+    assert len(connections) == 2
+
 def test_remote_container_is_reached_over_one_pooled_connection(world):
     gateways = world.start(host_ids=(1, 2))
     world.backend("web-b1", "10.100.2.10", 8002)
