@@ -12,7 +12,7 @@ the file, so totals outlive gateway restarts and no run is counted twice.
 
 Plugins update the file under an flock on ``plugin-metrics.lock``: read, add,
 write a temporary file, rename it over the old one. The gateway reads without
-the lock and sees either the old or the new file whole, so a plugin never
+the lock and reads either the old or the new file whole, so a plugin never
 waits on the gateway. Recording is best effort: a failure is logged and the
 command's result stands.
 """

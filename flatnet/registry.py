@@ -164,11 +164,11 @@ class View:
         Events. Inside :meth:`deferred_indexes`, the indexes are built once at
         the end instead of per event.
         """
-        # The rules of _add and _remove, written out in one loop, because this
-        # runs once per record at start-up and the calls per record cost about
-        # a fifth of the fold (1.44 against 1.18 CPU us per record, 2 aliases
-        # each, bench/log.py's log). Canonical times compare as strings here,
-        # and any other form goes through _is_before.
+        # The rules of _add and _remove are written out in one loop, because this
+        # runs once per record at start-up. The calls cost about a fifth of the
+        # fold (1.44 against 1.18 CPU us per record with 2 aliases, measured on
+        # bench/log.py's log). Canonical times compare as strings here, and any
+        # other form goes through _is_before.
         vector = self.vector
         containers_by_origin = self._origins
         tombstones_by_origin = self._tombstones

@@ -108,7 +108,7 @@ def test_watch_zero_in_japanese():
     ("http://:8080", "the host is missing"),
     ("http://10.100.0.1:99999", "the port is not a number from 1 to 65535"),
 ])
-def test_api_that_is_not_a_url_is_usage_error(value, reason):
+def test_invalid_api_url_is_usage_error(value, reason):
     result = _flatnet("status", "--api", value, lang="C")
 
     assert result.returncode == 2

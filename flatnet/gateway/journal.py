@@ -473,7 +473,7 @@ class Journal:
         The background snapshot runs in a worker thread while a reset or a
         close can write one on the loop's thread, so writers take turns. A
         snapshot stored after a later-prepared one would become the newest
-        file with an older view, which after a reset still holds the old
+        file with an older view, which after a reset still contains the old
         incarnation's containers.
         """
         prepared = dataclasses.replace(prepared, digest=snapshots.compute_digest(prepared.vector, prepared.view))

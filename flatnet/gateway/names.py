@@ -13,7 +13,7 @@ import re
 # A container name as podman allows it ([a-zA-Z0-9][a-zA-Z0-9_.-]*), lower-cased.
 _NAME = re.compile(rb"[a-z0-9][a-z0-9_.-]*")
 _PORT = re.compile(rb"[0-9]{1,5}")
-# The longest container name the log accepts (events.record.CONTAINER_NAME), as in DNS.
+# The maximum length of a container name the log accepts (events.record.CONTAINER_NAME), as in DNS.
 MAX_NAME_LENGTH = 253
 
 
